@@ -1,0 +1,42 @@
+// Every seglosses operator is declared here, once. Backends register their kernels
+// in csrc/cpu/*.cpp and csrc/cuda/*.cu with TORCH_LIBRARY_IMPL; fake (meta) kernels
+// and autograd formulas are registered from Python (seglosses/_ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import seglosses._C` loads this shared object, which runs the static
+// registrations below; the Python module itself is empty.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "seglosses compiled operators (torch.ops.seglosses)", -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(seglosses, m) {
+  // Dice: per (sample, class) sums I = sum s_c [y=c], P = sum s_c^p, T = sum [y=c] over
+  // voxels whose label is not ignore_label. x: logits [B, C, *], y: labels [B, *].
+  // Returns [B, 3, K] (float32; float64 for double x); K = C, or 2 when C == 1.
+  m.def("dice_sums(Tensor x, Tensor y, int ignore_label, int p) -> Tensor");
+  // Vector-Jacobian product of dice_sums: with g_c = coef_a[b,c] [y=c] + coef_b[b,c] p s_c^(p-1),
+  // grad_x = s_k (g_k - sum_c g_c s_c) (softmax) or s(1-s)(g_1 - g_0) (C == 1). Same shape and
+  // dtype as x.
+  m.def("dice_backward(Tensor x, Tensor y, Tensor coef_a, Tensor coef_b, int ignore_label, int p) -> Tensor");
+
+  // MALIS. pred: [B, C, *spatial] affinities, seg: [B, *spatial] labels >= 0, nhood: C rows of
+  // len(spatial) offsets, flattened. gt_affs / mask: optional, same shape as pred.
+  // malis_weights: normalised float32 weights [B, C, *]; malis_counts: exact int64 (pos, neg).
+  m.def(
+      "malis_weights(Tensor pred, Tensor seg, Tensor? gt_affs, Tensor? mask, int[] nhood, "
+      "bool constrained) -> Tensor");
+  m.def(
+      "malis_counts(Tensor pred, Tensor seg, Tensor? gt_affs, Tensor? mask, int[] nhood, "
+      "bool constrained) -> (Tensor, Tensor)");
+  // Connected components of the graph whose edges have affs > threshold. affs: [B, C, *spatial].
+  // Returns int64 labels [B, *spatial], 1..n per sample in raster order of first voxel; with
+  // singleton_background, components of one voxel get 0.
+  m.def(
+      "connected_components(Tensor affs, int[] nhood, float threshold, bool singleton_background) "
+      "-> Tensor");
+}
