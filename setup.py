@@ -41,12 +41,12 @@ def extensions():
     csrc = os.path.join("csrc")
     sources = [os.path.join(csrc, "seglosses.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
     omp = _openmp_flags()
-    cxx = ["-O3", "-std=c++17", "-fvisibility=hidden"] + omp
+    cxx = ["-O3", "-fvisibility=hidden"] + omp
     define_macros = []
     if _want_cuda():
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
         define_macros.append(("WITH_CUDA", None))
-        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         ext = CUDAExtension
         extra = {"cxx": cxx, "nvcc": nvcc}
     else:

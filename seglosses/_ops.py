@@ -1,0 +1,90 @@
+"""Loads the compiled operators and registers their fake kernels and autograd formulas.
+
+Every operator lives in ``torch.ops.seglosses`` (declared in ``csrc/seglosses.cpp``). The
+fake (meta) kernels here give shapes and dtypes without data, so ``torch.compile`` and
+``torch.library.opcheck`` work; the autograd formula of ``dice_sums`` is built from the
+registered ``dice_backward`` op.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (loading the library registers torch.ops.seglosses)
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "seglosses: the compiled extension seglosses._C could not be loaded "
+        f"({exc}). It must be built against the torch that is installed now "
+        f"(torch {torch.__version__}). Rebuild it with\n"
+        "    pip install --no-build-isolation .        (or: python setup.py install)\n"
+        "from the seglosses source tree, or `make build` for an in-place development build. "
+        "Build isolation would compile against a different torch."
+    ) from exc
+
+ops = torch.ops.seglosses
+
+
+def _num_classes(x: torch.Tensor) -> int:
+    return 2 if x.shape[1] == 1 else x.shape[1]
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# Dice
+# ---------------------------------------------------------------------------------------------
+@torch.library.register_fake("seglosses::dice_sums")
+def _dice_sums_fake(x, y, ignore_label, p):
+    return x.new_empty((x.shape[0], 3, _num_classes(x)), dtype=_acc_dtype(x))
+
+
+@torch.library.register_fake("seglosses::dice_backward")
+def _dice_backward_fake(x, y, coef_a, coef_b, ignore_label, p):
+    return torch.empty_like(x)
+
+
+def _dice_sums_setup_context(ctx, inputs, output):
+    x, y, ignore_label, p = inputs
+    ctx.save_for_backward(x, y)
+    ctx.ignore_label = ignore_label
+    ctx.p = p
+
+
+def _dice_sums_backward(ctx, grad_sums):
+    # grad_sums[:, 0] = dLoss/dI (the table A), grad_sums[:, 1] = dLoss/dP; T does not depend on x.
+    x, y = ctx.saved_tensors
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        coef_a = grad_sums[:, 0]
+        coef_b = grad_sums[:, 1] * ctx.p
+        grad_x = ops.dice_backward(x, y, coef_a, coef_b, ctx.ignore_label, ctx.p)
+    return grad_x, None, None, None
+
+
+torch.library.register_autograd(
+    "seglosses::dice_sums", _dice_sums_backward, setup_context=_dice_sums_setup_context
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# MALIS and connected components
+# ---------------------------------------------------------------------------------------------
+@torch.library.register_fake("seglosses::malis_weights")
+def _malis_weights_fake(pred, seg, gt_affs, mask, nhood, constrained):
+    return torch.empty(pred.shape, dtype=torch.float32, device=pred.device)
+
+
+@torch.library.register_fake("seglosses::malis_counts")
+def _malis_counts_fake(pred, seg, gt_affs, mask, nhood, constrained):
+    return (
+        torch.empty(pred.shape, dtype=torch.int64, device=pred.device),
+        torch.empty(pred.shape, dtype=torch.int64, device=pred.device),
+    )
+
+
+@torch.library.register_fake("seglosses::connected_components")
+def _connected_components_fake(affs, nhood, threshold, singleton_background):
+    return torch.empty((affs.shape[0],) + tuple(affs.shape[2:]), dtype=torch.int64, device=affs.device)
