@@ -9,6 +9,8 @@ import math
 
 import pytest
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import seglosses
 import seglosses.functional as SF
@@ -381,7 +383,7 @@ def test_non_contiguous_inputs(layout, spatial, C, y_layout):
     else:
         y = make_labels(2, K, (*spatial[:-1], 2 * spatial[-1]), torch.int32, ignore_label=255)[..., ::2]
     assert y.shape == (2, *spatial)
-    loss, g = check_against_ref(x, y, ignore_label=255, p=2, weight=[0.2, 0.5, 1.3][:K], reduction="none")
+    check_against_ref(x, y, ignore_label=255, p=2, weight=[0.2, 0.5, 1.3][:K], reduction="none")
 
 
 def test_y_with_channel_dim_non_contiguous():
@@ -438,6 +440,55 @@ def test_module_is_nn_module_and_weight_tensor():
     ref_loss, ref_g = ref_value_and_grad(x, y, weight=W3, ignore_label=255, reduction="sum")
     assert_close(loss, ref_loss, rtol=1e-6, atol=1e-7)  # the weights may be held in float32
     assert_close(g, ref_g, rtol=1e-6, atol_frac=1e-6)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+class _BigAllocations(TorchDispatchMode):
+    """Records every op output larger than ``limit`` elements that is not a view of ``known``."""
+
+    def __init__(self, known, limit):
+        super().__init__()
+        self.known = {t.untyped_storage().data_ptr() for t in known}
+        self.limit = limit
+        self.big = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if (isinstance(t, torch.Tensor) and t.numel() > self.limit
+                    and t.untyped_storage().data_ptr() not in self.known):
+                self.big.append((str(func), tuple(t.shape)))
+        return out
+
+
+@pytest.mark.parametrize("C,ydtype,reduction", [(4, torch.uint8, "none"), (1, torch.int64, "mean"),
+                                                (3, torch.int16, "batch")])
+def test_no_voxel_sized_temporaries(C, ydtype, reduction):
+    """SPEC: forward keeps only x, y and O(B*K) sums; backward allocates only the gradient.
+    No op output (one-hot, softmax, [B, K, *] temporaries) larger than the label map."""
+    torch.manual_seed(32)
+    K = num_classes(C)
+    x = torch.randn(2, C, 8, 9, 10, requires_grad=True)
+    y = make_labels(2, K, (8, 9, 10), ydtype, ignore_label=255).unsqueeze(1)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with _BigAllocations([x, y], y.numel()) as fwd:
+            loss = SF.dice_loss(x, y, ignore_label=255, p=2, weight=[1.0] * K, reduction=reduction)
+    assert fwd.big == []
+    for t in saved:
+        assert t.untyped_storage().data_ptr() in fwd.known or t.numel() <= 4 * 2 * K, tuple(t.shape)
+    with _BigAllocations([x, y], y.numel()) as bwd:
+        (g,) = torch.autograd.grad(loss, x, upstream_like(loss))
+    assert len(bwd.big) <= 1 and all(shape == tuple(x.shape) for _, shape in bwd.big), bwd.big
+    ref_loss, ref_g = ref_value_and_grad(x, y, ignore_label=255, p=2, weight=[1.0] * K, reduction=reduction)
+    assert_close(g, ref_g, rtol=1e-4, atol_frac=1e-5)
 
 
 # ----------------------------------------------------------------------------- gradcheck
@@ -823,6 +874,28 @@ def test_cuda_deterministic():
 
 
 @requires_cuda
+@pytest.mark.parametrize("C", [2, 8])
+def test_cuda_peak_memory(C):
+    """Forward + backward allocate about one gradient (plus at most an int64 copy of the labels):
+    no one-hot, no softmax tensor."""
+    torch.manual_seed(33)
+    K = num_classes(C)
+    x = torch.randn(2, C, 64, 64, 64, device="cuda", requires_grad=True)
+    y = make_labels(2, K, (64, 64, 64), torch.uint8, ignore_label=255).cuda()
+    SF.dice_loss(x, y, ignore_label=255, p=2)  # warm-up (kernel loading, caching allocator)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    loss = SF.dice_loss(x, y, ignore_label=255, p=2)
+    (g,) = torch.autograd.grad(loss, x)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    grad_bytes = x.numel() * x.element_size()
+    assert peak <= grad_bytes + 8 * y.numel() + (1 << 20), (peak, grad_bytes)
+    assert g.shape == x.shape and torch.isfinite(g).all()
+
+
+@requires_cuda
 @pytest.mark.parametrize("ydtype", [torch.int64, torch.uint8])
 def test_cuda_label_out_of_range(ydtype):
     torch.manual_seed(29)
@@ -846,3 +919,11 @@ def test_cuda_opcheck(C):
     torch.library.opcheck(torch.ops.seglosses.dice_sums.default, (x, y, 255, 2))
     a, b = torch.randn(2, K, device="cuda"), torch.randn(2, K, device="cuda")
     torch.library.opcheck(torch.ops.seglosses.dice_backward.default, (x.detach(), y, a, b, 255, 2))
+
+
+@requires_cuda
+def test_cuda_device_mismatch():
+    x = torch.randn(2, 3, 4, 5, device="cuda")
+    y = make_labels(2, 3, (4, 5))
+    with raises(ValueError, "y", "cpu"):
+        SF.dice_loss(x, y)
