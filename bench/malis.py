@@ -30,7 +30,7 @@ What is timed, per call (constrained MALIS, normalised weights, gt affinities de
     malis 1.0  in its own venv, in a subprocess. Its API has no batch and no constrained MALIS
                entry point, only ``malis_loss_weights(seg, node1, node2, edge_weight, pos)`` (one
                Kruskal pass counting same-label pairs if pos=1, different-label pairs if pos=0,
-               into an int32 array per edge). The constrained weights are computed as the malis
+               into a uint64 array per edge). The constrained weights are computed as the malis
                authors' own wrapper does (``MalisWeights.get_edge_weights`` of the malis
                repository): gt_affs = ``malis.seg_to_affgraph(seg, nhood)``; positive pass on the
                prediction with GT-0 edges set to 0, negative pass with GT-1 edges set to 1; counts
@@ -46,12 +46,12 @@ What is timed, per call (constrained MALIS, normalised weights, gt affinities de
     threads/batch kind.
 
 Sanity column: total positive and negative pair counts of sample 0 (seglosses with
-normalize=False; malis 1.0 from its int32 per-edge arrays, summed in int64). With every voxel
-labelled and a connected grid, the exact negative total is C(N, 2) - sum_l C(n_l, 2), printed as
-"expected"; the positive total is sum over the labels' connected pieces of C(|piece|, 2), at most
-sum_l C(n_l, 2) (equal when every Voronoi cell is 6-connected). malis 1.0 accumulates each edge's
-count in int32, so its totals wrap once a single merge joins more than 2^31 pairs (128^3, and
-already 64^3 for the negative pass): the column reports, it does not assert.
+normalize=False; malis 1.0 from its per-edge count arrays, after zeroing the other class's edges).
+Both totals do not depend on the order of tied edges, so with the shared edge convention the two
+implementations should agree exactly. With every voxel labelled and a connected grid, the exact
+negative total is C(N, 2) - sum_l C(n_l, 2), printed as "expected"; the positive total is the sum
+over the labels' 6-connected pieces of C(|piece|, 2), at most sum_l C(n_l, 2) (a discretised
+Voronoi cell can fall into pieces). The column reports; it does not assert.
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ def main(argv=None) -> int:
                     same = (peer["pos"] == sl["pos"], peer["neg"] == sl["neg"])
                     tag = "same as seglosses" if all(same) else (
                         "differs from seglosses in " + " and ".join(
-                            n for n, s in zip(("pos", "neg"), same) if not s) + " (int32 per-edge counts)")
+                            n for n, s in zip(("pos", "neg"), same) if not s))
                 else:
                     tag = ""
                 rows.append([case, "malis 1.0", "1 process, batch 1", common.fmt_s(peer["t1"]), "1x",
