@@ -1,0 +1,684 @@
+"""Correctness of seglosses.malis_weights and the MALIS graph utilities (SPEC §3, §6).
+
+Exact pair counts are compared with the brute-force oracle in ``malis_reference.py`` on tiny
+graphs; bigger volumes are checked through invariants that follow from the definition.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from conftest import requires_cuda
+from malis_reference import (
+    comb2,
+    connected_components_ref,
+    malis_counts_prefix,
+    malis_counts_ref,
+    malis_counts_ref_batch,
+    malis_weights_ref_batch,
+    normalize_ref,
+    same_partition,
+    seg_to_affgraph_ref,
+    to_numpy,
+)
+
+import seglosses  # noqa: E402  (a broken build must fail loudly, not skip)
+
+NN3 = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+NN2 = [[-1, 0], [0, -1]]
+
+# nhoods used by the random cases: negative, positive, mixed, long-range, duplicated and zero rows.
+NHOODS_2D = [
+    NN2,
+    [[1, 0], [0, 1]],
+    [[-1, 0], [0, -1], [0, -2], [-2, 1]],
+    [[0, 1], [-1, 0], [1, 1], [0, 2]],
+    [[0, -1], [0, 1], [-1, 0]],  # the same edges twice (opposite offsets)
+    [[0, -1], [0, 0], [-1, 0]],  # a [0, 0] self-edge row
+]
+NHOODS_3D = [
+    NN3,
+    [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+    [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, 0, 2], [0, -2, 1]],
+    [[0, 0, 1], [0, 1, 0], [-1, 0, 0], [1, -1, 2]],
+    [[0, 0, 0], [-1, 0, 0], [0, -1, 0], [0, 0, -1]],
+]
+SHAPES_2D = [(4, 5), (3, 6), (5, 5), (2, 7), (6, 4)]
+SHAPES_3D = [(3, 3, 4), (2, 4, 4), (2, 3, 5), (1, 4, 6), (3, 2, 5)]
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+def counts(pred, seg, nhood, **kw):
+    pos, neg = seglosses.malis_weights(pred, seg, nhood, normalize=False, **kw)
+    assert pos.dtype == torch.int64 and neg.dtype == torch.int64
+    assert pos.shape == pred.shape and neg.shape == pred.shape
+    return pos.numpy(), neg.numpy()
+
+
+def random_seg(rng, shape, kind):
+    if kind == "noise":  # many small, split pieces; lots of background
+        return rng.integers(0, 4, size=shape)
+    # blocky: a few Voronoi cells, some of them sharing a label (split instances), some background
+    nseeds = int(rng.integers(2, 5))
+    seeds = np.stack([rng.integers(0, s, size=nseeds) for s in shape], 1)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    d = ((grid[..., None, :] - seeds) ** 2).sum(-1)
+    cell = d.argmin(-1)
+    labels = rng.integers(1, 4, size=nseeds)  # cells can share labels -> disconnected pieces
+    seg = labels[cell]
+    seg[rng.random(shape) < 0.2] = 0
+    return seg
+
+
+def random_pred(rng, shape, quantised):
+    x = rng.random(shape)
+    if quantised:  # many exact ties
+        x = np.round(x * 4) / 4
+    return x
+
+
+def random_case(seed):
+    """One random tiny batched case: (pred, seg, nhood, kwargs for malis_weights)."""
+    rng = np.random.default_rng(seed)
+    three_d = seed % 2 == 1
+    shapes, nhoods = (SHAPES_3D, NHOODS_3D) if three_d else (SHAPES_2D, NHOODS_2D)
+    shape = shapes[int(rng.integers(len(shapes)))]
+    nhood = nhoods[int(rng.integers(len(nhoods)))]
+    batch = int(rng.integers(1, 4))
+    seg = np.stack([random_seg(rng, shape, "noise" if rng.random() < 0.4 else "blocky") for _ in range(batch)])
+    pred = np.stack([random_pred(rng, (len(nhood),) + shape, rng.random() < 0.5) for _ in range(batch)])
+    kw = {}
+    if rng.random() < 0.35:
+        # broadcast over channels or full shape; float 0/1
+        mshape = (batch, 1) + shape if rng.random() < 0.5 else pred.shape
+        kw["mask"] = torch.from_numpy((rng.random(mshape) < 0.7).astype(np.float32))
+    if rng.random() < 0.3:
+        gt = np.stack([seg_to_affgraph_ref(s, nhood) for s in seg])
+        flip = rng.random(gt.shape) < 0.15  # disagree with the segmentation
+        gt[flip] = 1 - gt[flip]
+        kw["gt_affs"] = torch.from_numpy(gt)
+    nh_form = int(rng.integers(3))
+    nh = [list(r) for r in nhood] if nh_form == 0 else (
+        np.array(nhood) if nh_form == 1 else torch.tensor(nhood))
+    return (torch.from_numpy(pred.astype(np.float32)), torch.from_numpy(seg.astype(np.int64)), nh, kw)
+
+
+def ref_kw(kw):
+    return {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# The oracle itself
+# --------------------------------------------------------------------------------------------------
+def test_reference_line_hand_worked():
+    # 1x4 line, labels [1, 1, 2, 2], nhood [[0, -1]]: edge e at voxel x joins x and x-1.
+    # e0 invalid; e1 (1-0, GT 1, pred .9); e2 (2-1, GT 0, pred .3); e3 (3-2, GT 1, pred .8).
+    # Constrained order: e1, e3, then e2. Pairs: (0,1) -> e1 pos; (2,3) -> e3 pos; the four
+    # cross pairs all pass e2, which comes last -> neg[e2] = 4.
+    pos, neg = malis_counts_ref(np.array([[[0.1, 0.9, 0.3, 0.8]]]), np.array([[1, 1, 2, 2]]), [[0, -1]])
+    assert pos.ravel().tolist() == [0, 1, 0, 1]
+    assert neg.ravel().tolist() == [0, 0, 4, 0]
+    # Unconstrained with e2 = .95: order e2, e1, e3. (0,2): path e1,e2 -> e1 last -> neg e1;
+    # (1,2): e2 -> neg e2; (0,3), (1,3): paths end with e3 (last) -> neg e3 twice.
+    pred = np.array([[[0.1, 0.9, 0.95, 0.8]]])
+    pos, neg = malis_counts_ref(pred, np.array([[1, 1, 2, 2]]), [[0, -1]], constrained=False)
+    assert pos.ravel().tolist() == [0, 1, 0, 1]
+    assert neg.ravel().tolist() == [0, 1, 1, 2]
+    # Constrained ignores that e2 is predicted high: GT-1 edges go first anyway.
+    pos, neg = malis_counts_ref(pred, np.array([[1, 1, 2, 2]]), [[0, -1]])
+    assert neg.ravel().tolist() == [0, 0, 4, 0]
+
+
+def test_reference_split_label_and_ties_hand_worked():
+    # 1x3 line, labels [1, 0, 1], nhood [[0, 1]] (edge at x joins x and x+1): both edges GT 0.
+    # The only labelled pair (0, 2) has equal labels and a GT-0 maximin edge: constrained counts
+    # nothing; unconstrained: order e1 (.7), e0 (.2) -> maximin e0 -> pos[e0] = 1.
+    pred = np.array([[[0.2, 0.7, 0.9]]])
+    pos, neg = malis_counts_ref(pred, np.array([[1, 0, 1]]), [[0, 1]])
+    assert pos.sum() == 0 and neg.sum() == 0
+    pos, neg = malis_counts_ref(pred, np.array([[1, 0, 1]]), [[0, 1]], constrained=False)
+    assert pos.ravel().tolist() == [1, 0, 0] and neg.sum() == 0
+
+    # 2x2, seg [[1, 1], [2, 0]], nhood [[-1, 0], [0, -1]], every prediction 0.5 (all ties).
+    # Flat edges: 2 = (1,0)-(0,0) GT0, 3 = (1,1)-(0,1) GT0, 5 = (0,1)-(0,0) GT1,
+    # 7 = (1,1)-(1,0) GT0; 0, 1, 4, 6 invalid. Constrained order 5, 2, 3, 7 (7 closes a cycle).
+    # a=(0,0), b=(0,1), c=(1,0): (a,b) -> 5 pos; (a,c) -> 2 neg; (b,c) path 5,2 -> 2 neg.
+    seg = np.array([[1, 1], [2, 0]])
+    pos, neg = malis_counts_ref(np.full((2, 2, 2), 0.5), seg, NN2)
+    assert pos.ravel().tolist() == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert neg.ravel().tolist() == [0, 0, 2, 0, 0, 0, 0, 0]
+    # Unconstrained order 2, 3, 5, 7: (b,c) path 5,2 -> 5 is last -> neg[5].
+    pos, neg = malis_counts_ref(np.full((2, 2, 2), 0.5), seg, NN2, constrained=False)
+    assert pos.ravel().tolist() == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert neg.ravel().tolist() == [0, 0, 1, 0, 0, 1, 0, 0]
+
+
+def test_reference_counts_agree_with_prefix_connectivity():
+    # Two independent oracles: spanning-forest path walk vs "add edges in order, re-run BFS".
+    for seed in range(16):
+        pred, seg, nhood, kw = random_case(seed)
+        kw = ref_kw(kw)
+        for constrained in (True, False):
+            b = 0
+            sub = {k: v[b] for k, v in kw.items() if k == "gt_affs"}
+            a = malis_counts_ref(pred[b].numpy(), seg[b].numpy(), nhood, constrained=constrained, **sub)
+            c = malis_counts_prefix(pred[b].numpy(), seg[b].numpy(), nhood, constrained=constrained, **sub)
+            np.testing.assert_array_equal(a[0], c[0])
+            np.testing.assert_array_equal(a[1], c[1])
+
+
+def test_reference_pair_totals():
+    # Constrained on a connected graph: every different-label pair is counted once.
+    rng = np.random.default_rng(0)
+    seg = random_seg(rng, (4, 5), "blocky")
+    pred = rng.random((2, 4, 5))
+    pos, neg = malis_counts_ref(pred, seg, NN2)
+    sizes = np.bincount(seg[seg > 0])
+    n = int((seg > 0).sum())
+    assert neg.sum() == comb2(n) - sum(comb2(s) for s in sizes)
+    pos, neg = malis_counts_ref(pred, seg, NN2, constrained=False)
+    assert pos.sum() + neg.sum() == comb2(n)
+
+
+# --------------------------------------------------------------------------------------------------
+# Exact counts vs the oracle
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(64))
+def test_counts_match_oracle(seed):
+    pred, seg, nhood, kw = random_case(seed)
+    for constrained in (True, False):
+        pos, neg = counts(pred, seg, nhood, constrained=constrained, **kw)
+        rpos, rneg = malis_counts_ref_batch(pred, seg, nhood, constrained=constrained, **ref_kw(kw))
+        np.testing.assert_array_equal(pos, rpos, err_msg=f"pos, constrained={constrained}")
+        np.testing.assert_array_equal(neg, rneg, err_msg=f"neg, constrained={constrained}")
+        w = seglosses.malis_weights(pred, seg, nhood, constrained=constrained, **kw)
+        assert w.dtype == torch.float32 and w.shape == pred.shape
+        ref_w = malis_weights_ref_batch(pred, seg, nhood, constrained=constrained, **ref_kw(kw))
+        np.testing.assert_allclose(w.numpy(), ref_w, rtol=1e-6, atol=1e-7)
+
+
+def test_hand_worked_cases_through_api():
+    pred = torch.tensor([[[[0.1, 0.9, 0.3, 0.8]]]])
+    seg = torch.tensor([[[1, 1, 2, 2]]])
+    pos, neg = counts(pred, seg, [[0, -1]])
+    assert pos.ravel().tolist() == [0, 1, 0, 1] and neg.ravel().tolist() == [0, 0, 4, 0]
+    w = seglosses.malis_weights(pred, seg, [[0, -1]])
+    torch.testing.assert_close(w.ravel(), torch.tensor([0.0, 0.5, 1.0, 0.5]))
+    pred = torch.tensor([[[[0.1, 0.9, 0.95, 0.8]]]])
+    pos, neg = counts(pred, seg, [[0, -1]], constrained=False)
+    assert pos.ravel().tolist() == [0, 1, 0, 1] and neg.ravel().tolist() == [0, 1, 1, 2]
+    pos, neg = counts(torch.full((1, 2, 2, 2), 0.5), torch.tensor([[[1, 1], [2, 0]]]), NN2)
+    assert pos.ravel().tolist() == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert neg.ravel().tolist() == [0, 0, 2, 0, 0, 0, 0, 0]
+
+
+def test_split_label_touching_through_gt0_gets_nothing():
+    # Label 1 in two pieces separated by background: constrained MALIS counts no pair between them.
+    seg = torch.tensor([[[1, 1, 0, 1, 1]]])
+    pred = torch.tensor([[[[0.3, 0.9, 0.8, 0.7, 0.6]]]])
+    pos, neg = counts(pred, seg, [[0, 1]])
+    assert pos.ravel().tolist() == [1, 0, 0, 1, 0]
+    assert neg.sum() == 0
+    pos, neg = counts(pred, seg, [[0, 1]], constrained=False)
+    assert pos.sum() == comb2(4) and neg.sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_pred_dtypes_exact(dtype):
+    # Values k/8 are exact in every dtype, so ties fall the same way as in the oracle.
+    for seed in (3, 4, 7, 10):
+        pred, seg, nhood, kw = random_case(seed)
+        pred = (torch.round(pred * 8) / 8).to(dtype)
+        for constrained in (True, False):
+            pos, neg = counts(pred, seg, nhood, constrained=constrained, **kw)
+            rpos, rneg = malis_counts_ref_batch(pred, seg, nhood, constrained=constrained, **ref_kw(kw))
+            np.testing.assert_array_equal(pos, rpos)
+            np.testing.assert_array_equal(neg, rneg)
+            w = seglosses.malis_weights(pred, seg, nhood, constrained=constrained, **kw)
+            assert w.dtype == torch.float32 and w.shape == pred.shape
+            ref_w = malis_weights_ref_batch(pred, seg, nhood, constrained=constrained, **ref_kw(kw))
+            np.testing.assert_allclose(w.numpy(), ref_w, rtol=1e-6, atol=1e-7)
+
+
+def test_batch_samples_independent():
+    pred, seg, nhood, kw = random_case(11)
+    rng = np.random.default_rng(5)
+    pred = torch.from_numpy(rng.random((3,) + tuple(pred.shape[1:])).astype(np.float32))
+    seg = torch.from_numpy(np.stack([random_seg(rng, tuple(seg.shape[1:]), "blocky") for _ in range(3)]))
+    full = seglosses.malis_weights(pred, seg, nhood)
+    fpos, fneg = counts(pred, seg, nhood)
+    for b in range(3):
+        one = seglosses.malis_weights(pred[b:b + 1], seg[b:b + 1], nhood)
+        torch.testing.assert_close(full[b:b + 1], one, rtol=0, atol=0)
+        pos, neg = counts(pred[b:b + 1], seg[b:b + 1], nhood)
+        np.testing.assert_array_equal(fpos[b:b + 1], pos)
+        np.testing.assert_array_equal(fneg[b:b + 1], neg)
+
+
+def test_seg_layouts_unbatched_and_label_dtypes():
+    pred, seg, nhood, _ = random_case(13)  # 3D
+    pred, seg = pred[:1], seg[:1]
+    ref = malis_weights_ref_batch(pred, seg, nhood)
+    # [B, 1, *spatial] segmentation
+    w = seglosses.malis_weights(pred, seg[:, None], nhood)
+    np.testing.assert_allclose(w.numpy(), ref, rtol=1e-6, atol=1e-7)
+    # unbatched pred [C, *spatial] with seg [*spatial]
+    w = seglosses.malis_weights(pred[0], seg[0], nhood)
+    assert w.shape == pred[0].shape
+    np.testing.assert_allclose(w.numpy(), ref[0], rtol=1e-6, atol=1e-7)
+    pos, neg = seglosses.malis_weights(pred[0], seg[0], nhood, normalize=False)
+    rpos, rneg = malis_counts_ref(pred[0], seg[0], nhood)
+    np.testing.assert_array_equal(pos.numpy(), rpos)
+    np.testing.assert_array_equal(neg.numpy(), rneg)
+    # other integer label dtypes, and huge label ids (no relabelling overflow)
+    for dt in (torch.int32, torch.int16, torch.uint8):
+        w = seglosses.malis_weights(pred, seg.to(dt), nhood)
+        np.testing.assert_allclose(w.numpy(), ref, rtol=1e-6, atol=1e-7)
+    big = torch.where(seg > 0, seg * (2**40) + 7, torch.zeros_like(seg))
+    w = seglosses.malis_weights(pred, big, nhood)
+    np.testing.assert_allclose(w.numpy(), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_gt_affs_bool_equals_float():
+    pred, seg, nhood, _ = random_case(17)
+    rng = np.random.default_rng(17)
+    gt = torch.from_numpy(rng.random(tuple(pred.shape)) < 0.5)
+    for constrained in (True, False):
+        a = counts(pred, seg, nhood, gt_affs=gt, constrained=constrained)
+        b = counts(pred, seg, nhood, gt_affs=gt.float(), constrained=constrained)
+        r = malis_counts_ref_batch(pred, seg, nhood, gt_affs=gt.numpy(), constrained=constrained)
+        for x, y, z in zip(a, b, r):
+            np.testing.assert_array_equal(x, z)
+            np.testing.assert_array_equal(y, z)
+
+
+def test_non_contiguous_inputs_and_no_inplace():
+    pred, seg, nhood, kw = random_case(21)
+    ref_pos, ref_neg = malis_counts_ref_batch(pred, seg, nhood)
+    # a channels-last-ish permuted copy and a strided view carrying the same values
+    big = torch.zeros(pred.shape[:-1] + (2 * pred.shape[-1],))
+    big[..., ::2] = pred
+    view = big[..., ::2]
+    assert not view.is_contiguous()
+    seg_t = seg.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert not seg_t.is_contiguous()
+    before = (view.clone(), seg_t.clone())
+    pos, neg = counts(view, seg_t, nhood)
+    np.testing.assert_array_equal(pos, ref_pos)
+    np.testing.assert_array_equal(neg, ref_neg)
+    assert torch.equal(view, before[0]) and torch.equal(seg_t, before[1])
+
+
+def test_mask_broadcast_forms_and_counts_times_mask():
+    pred, seg, nhood, _ = random_case(30)
+    rng = np.random.default_rng(1)
+    pos0, neg0 = counts(pred, seg, nhood)
+    m_full = torch.from_numpy(rng.random(tuple(pred.shape)) < 0.6)
+    m_chan = torch.from_numpy((rng.random((pred.shape[0], 1) + tuple(pred.shape[2:])) < 0.6).astype(np.uint8))
+    for m in (m_full, m_chan, m_full.float()):
+        keep = np.broadcast_to(m.numpy() != 0, tuple(pred.shape))
+        pos, neg = counts(pred, seg, nhood, mask=m)
+        # the mask never changes the topology: counts are the unmasked counts, zeroed where excluded
+        np.testing.assert_array_equal(pos, np.where(keep, pos0, 0))
+        np.testing.assert_array_equal(neg, np.where(keep, neg0, 0))
+        w = seglosses.malis_weights(pred, seg, nhood, mask=m).numpy()
+        ref = np.stack([normalize_ref(np.where(k, p, 0), np.where(k, n, 0)) for k, p, n in zip(keep, pos0, neg0)])
+        np.testing.assert_allclose(w, ref, rtol=1e-6, atol=1e-7)
+        assert (w[~keep] == 0).all()
+
+
+def test_zero_offset_row_gets_zero_weight():
+    pred, seg, _, _ = random_case(1)
+    nhood = [[0, 0, 0], [-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+    rng = np.random.default_rng(2)
+    pred = torch.from_numpy(rng.random((pred.shape[0], 4) + tuple(pred.shape[2:])).astype(np.float32))
+    pred[:, 0] = 1.0  # a self-edge predicted as certain must still do nothing
+    w = seglosses.malis_weights(pred, seg, nhood, constrained=False)
+    assert (w[:, 0] == 0).all()
+    w_nn = seglosses.malis_weights(pred[:, 1:].contiguous(), seg, NN3, constrained=False)
+    torch.testing.assert_close(w[:, 1:], w_nn, rtol=0, atol=0)
+
+
+def test_invalid_edges_get_zero_weight():
+    rng = np.random.default_rng(3)
+    seg = torch.ones(1, 3, 4, 5, dtype=torch.int64)
+    seg[0, 1] = 2
+    nhood = [[-1, 0, 0], [0, 0, 2], [0, -2, 1]]
+    pred = torch.from_numpy(rng.random((1, 3, 3, 4, 5)).astype(np.float32))
+    for constrained in (True, False):
+        pos, neg = counts(pred, seg, nhood, constrained=constrained)
+        w = seglosses.malis_weights(pred, seg, nhood, constrained=constrained)
+        for arr in (pos, neg, w.numpy()):
+            assert (arr[0, 0, 0] == 0).all()          # z - 1 < 0
+            assert (arr[0, 1, :, :, 3:] == 0).all()    # x + 2 >= 5
+            assert (arr[0, 2, :, :2] == 0).all()       # y - 2 < 0
+            assert (arr[0, 2, :, :, 4] == 0).all()     # x + 1 >= 5
+
+
+# --------------------------------------------------------------------------------------------------
+# Invariants on bigger volumes
+# --------------------------------------------------------------------------------------------------
+def instance_volume(rng, shape, nlabels):
+    """Voronoi cells with a one-voxel background boundary; labels reused so some are split."""
+    seeds = np.stack([rng.integers(0, s, size=nlabels + 3) for s in shape], 1)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    cell = ((grid[..., None, :] - seeds) ** 2).sum(-1).argmin(-1)
+    boundary = np.zeros(shape, dtype=bool)
+    for ax in range(len(shape)):
+        d = np.diff(cell, axis=ax) != 0
+        sl = [slice(None)] * len(shape)
+        sl[ax] = slice(1, None)
+        boundary[tuple(sl)] |= d
+    labels = rng.permutation(np.arange(1, nlabels + 4) % nlabels + 1)  # some labels twice
+    seg = labels[cell]
+    seg[boundary] = 0
+    seg[rng.random(shape) < 0.03] = 0
+    return seg
+
+
+def expected_totals(seg):
+    ndim = seg.ndim
+    structure = ndimage.generate_binary_structure(ndim, 1)
+    pos = 0
+    n_by_label = []
+    for lab in np.unique(seg[seg > 0]):
+        pieces, npieces = ndimage.label(seg == lab, structure=structure)
+        sizes = np.bincount(pieces.ravel())[1:]
+        pos += sum(comb2(s) for s in sizes)
+        n_by_label.append(int((seg == lab).sum()))
+    n = int((seg > 0).sum())
+    neg = comb2(n) - sum(comb2(k) for k in n_by_label)
+    return pos, neg, comb2(n)
+
+
+@pytest.mark.parametrize("shape,nhood", [((16, 16, 16), NN3), ((40, 36), NN2), ((12, 14, 10), [[1, 0, 0], [0, 1, 0], [0, 0, 1]])])
+def test_pair_count_invariants(shape, nhood):
+    rng = np.random.default_rng(sum(shape))
+    batch = 2
+    seg = np.stack([instance_volume(rng, shape, 10) for _ in range(batch)])
+    pred = torch.from_numpy(rng.random((batch, len(nhood)) + shape).astype(np.float32))
+    seg_t = torch.from_numpy(seg)
+    pos, neg = counts(pred, seg_t, nhood)
+    upos, uneg = counts(pred, seg_t, nhood, constrained=False)
+    for b in range(batch):
+        epos, eneg, npairs = expected_totals(seg[b])
+        assert pos[b].sum() == epos
+        assert neg[b].sum() == eneg
+        assert upos[b].sum() + uneg[b].sum() == npairs
+        assert (pos[b] >= 0).all() and (neg[b] >= 0).all()
+    for constrained in (True, False):
+        w = seglosses.malis_weights(pred, seg_t, nhood, constrained=constrained)
+        assert w.dtype == torch.float32 and w.shape == pred.shape
+        assert (w >= 0).all()
+        torch.testing.assert_close(w.double().flatten(1).sum(1), torch.full((batch,), 2.0, dtype=torch.float64),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_big_counts_do_not_overflow():
+    # One label over 64^3 voxels: C(262144, 2) ~ 3.4e10 pairs, far beyond int32.
+    n = 64
+    seg = torch.ones(1, n, n, n, dtype=torch.int64)
+    pred = torch.rand(1, 3, n, n, n, generator=torch.Generator().manual_seed(0))
+    pos, neg = counts(pred, seg, NN3)
+    assert pos.sum() == comb2(n**3) and neg.sum() == 0
+
+
+def test_parallel_equals_serial():
+    rng = np.random.default_rng(7)
+    shape = (12, 12, 12)
+    seg = torch.from_numpy(np.stack([instance_volume(rng, shape, 8) for _ in range(4)]))
+    pred = torch.from_numpy(rng.random((4, 3) + shape).astype(np.float32))
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        w1 = seglosses.malis_weights(pred, seg, NN3)
+        c1 = seglosses.malis_weights(pred, seg, NN3, normalize=False)
+        torch.set_num_threads(2)
+        w2 = seglosses.malis_weights(pred, seg, NN3)
+        c2 = seglosses.malis_weights(pred, seg, NN3, normalize=False)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(w1, w2)
+    assert torch.equal(c1[0], c2[0]) and torch.equal(c1[1], c2[1])
+
+
+def test_weights_are_constants():
+    pred = torch.rand(1, 3, 3, 3, 4, requires_grad=True)
+    seg = torch.randint(0, 3, (1, 3, 3, 4))
+    w = seglosses.malis_weights(pred, seg, NN3)
+    assert not w.requires_grad
+
+
+def test_empty_inputs():
+    w = seglosses.malis_weights(torch.rand(0, 3, 4, 4, 4), torch.zeros(0, 4, 4, 4, dtype=torch.int64), NN3)
+    assert w.shape == (0, 3, 4, 4, 4)
+    w = seglosses.malis_weights(torch.rand(2, 3, 0, 4, 4), torch.zeros(2, 0, 4, 4, dtype=torch.int64), NN3)
+    assert w.shape == (2, 3, 0, 4, 4)
+    pos, neg = seglosses.malis_weights(torch.rand(2, 2, 0, 5), torch.zeros(2, 0, 5, dtype=torch.int64), NN2,
+                                       normalize=False)
+    assert pos.shape == (2, 2, 0, 5) and neg.shape == (2, 2, 0, 5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Utilities
+# --------------------------------------------------------------------------------------------------
+def ball_half_ok(nh, ndim, radius):
+    nh = [tuple(int(v) for v in r) for r in nh.tolist()]
+    assert all(len(r) == ndim for r in nh)
+    assert (0,) * ndim not in nh
+    assert len(set(nh)) == len(nh)
+    s = set(nh)
+    assert not any(tuple(-v for v in r) in s for r in nh)
+    r = math.ceil(radius)
+    ball = {o for o in np.ndindex(*([2 * r + 1] * ndim))}
+    ball = {tuple(v - r for v in o) for o in ball}
+    ball = {o for o in ball if any(o) and sum(v * v for v in o) <= radius**2}
+    assert s | {tuple(-v for v in o) for o in s} == ball
+
+
+def test_mknhood():
+    nh3 = seglosses.mknhood3d()
+    assert isinstance(nh3, torch.Tensor) and nh3.dtype == torch.int64
+    assert nh3.tolist() == [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+    assert seglosses.mknhood3d(1).tolist() == [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+    nh2 = seglosses.mknhood2d()
+    assert nh2.dtype == torch.int64
+    assert nh2.tolist() == [[-1, 0], [0, -1]]
+    ball_half_ok(seglosses.mknhood3d(2), 3, 2)
+    ball_half_ok(seglosses.mknhood2d(3), 2, 3)
+
+
+SEG_AFF_NHOODS = [NN3, [[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[0, 0, 2], [0, -2, 1], [1, -1, 0]]]
+
+
+@pytest.mark.parametrize("nhood", SEG_AFF_NHOODS)
+def test_seg_to_affgraph(nhood):
+    rng = np.random.default_rng(4)
+    seg = rng.integers(0, 3, size=(2, 3, 4, 5))
+    ref = np.stack([seg_to_affgraph_ref(s, nhood) for s in seg])
+    out = seglosses.seg_to_affgraph(torch.from_numpy(seg), nhood)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    np.testing.assert_array_equal(out.numpy(), ref)
+    one = seglosses.seg_to_affgraph(torch.from_numpy(seg[1]), torch.tensor(nhood))
+    assert one.shape == ref[1].shape
+    np.testing.assert_array_equal(one.numpy(), ref[1])
+    # background: no edge touching label 0 is ever 1
+    bg = np.broadcast_to(seg[:, None] == 0, ref.shape)
+    assert (out.numpy()[bg] == 0).all()
+
+
+def test_seg_to_affgraph_2d():
+    seg = torch.tensor([[1, 1, 0, 2], [1, 2, 2, 2], [0, 0, 2, 0]])
+    out = seglosses.seg_to_affgraph(seg, NN2)
+    np.testing.assert_array_equal(out.numpy(), seg_to_affgraph_ref(seg, NN2))
+    # channel 1 (x - 1): row 0 -> [0 (invalid), 1 (1-1), 0 (0-1), 0 (2-0)]
+    assert out[1, 0].tolist() == [0, 1, 0, 0]
+
+
+def test_affgraph_to_seg_matches_scipy():
+    rng = np.random.default_rng(8)
+    fg = rng.random((2, 6, 7, 8)) < 0.55
+    seg = fg.astype(np.int64)  # one label: affinity 1 between face-adjacent foreground voxels
+    affs = seglosses.seg_to_affgraph(torch.from_numpy(seg), NN3)
+    out = seglosses.affgraph_to_seg(affs, NN3)
+    assert out.dtype == torch.int64 and out.shape == seg.shape
+    structure = ndimage.generate_binary_structure(3, 1)
+    for b in range(2):
+        lab, n = ndimage.label(fg[b], structure=structure)
+        # background voxels are single-voxel components of their own
+        lab = lab.astype(np.int64)
+        nbg = int((lab == 0).sum())
+        lab[lab == 0] = n + 1 + np.arange(nbg)
+        assert same_partition(out[b], lab)
+        check_raster_numbering(out[b].numpy())
+
+
+def check_raster_numbering(lab):
+    flat = lab.ravel()
+    assert flat.min() == 1  # every voxel labelled
+    _, first = np.unique(flat, return_index=True)
+    order = flat[np.sort(first)]
+    np.testing.assert_array_equal(order, np.arange(1, len(order) + 1))
+
+
+@pytest.mark.parametrize("nhood", [NN2, [[0, 1], [1, 0], [2, -1]], [[0, -2], [-1, 1]]])
+def test_affgraph_to_seg_general_nhood(nhood):
+    rng = np.random.default_rng(9)
+    affs = rng.random((3, len(nhood), 5, 6)).astype(np.float32)
+    for thr in (0.5, 0.3):
+        out = seglosses.affgraph_to_seg(torch.from_numpy(affs), nhood, threshold=thr)
+        for b in range(3):
+            ref = connected_components_ref(affs[b], nhood, thr)
+            np.testing.assert_array_equal(out[b].numpy(), ref)  # same ids: raster numbering
+    one = seglosses.affgraph_to_seg(torch.from_numpy(affs[0]), nhood)
+    np.testing.assert_array_equal(one.numpy(), connected_components_ref(affs[0], nhood))
+
+
+def test_affgraph_to_seg_threshold_is_strict():
+    affs = torch.full((2, 3, 3), 0.5)
+    out = seglosses.affgraph_to_seg(affs, NN2)
+    assert out.flatten().tolist() == list(range(1, 10))
+    out = seglosses.affgraph_to_seg(affs, NN2, threshold=0.4)
+    assert (out == 1).all()
+
+
+def test_roundtrip_seg_affgraph_seg():
+    rng = np.random.default_rng(10)
+    seg = instance_volume(rng, (8, 9, 10), 6)
+    affs = seglosses.seg_to_affgraph(torch.from_numpy(seg), NN3)
+    out = seglosses.affgraph_to_seg(affs, NN3).numpy()
+    structure = ndimage.generate_binary_structure(3, 1)
+    # every connected piece of every label is one component; background voxels are singletons
+    expect = np.zeros_like(seg)
+    nxt = 1
+    for lab in np.unique(seg[seg > 0]):
+        pieces, n = ndimage.label(seg == lab, structure=structure)
+        expect[pieces > 0] = pieces[pieces > 0] + nxt - 1
+        nxt += n
+    expect[seg == 0] = nxt + np.arange(int((seg == 0).sum()))
+    assert same_partition(out, expect)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input (SPEC §6)
+# --------------------------------------------------------------------------------------------------
+def _raises(fn, *words, exc=(ValueError, TypeError, RuntimeError), prefix="malis_weights"):
+    with pytest.raises(exc) as info:
+        fn()
+    msg = str(info.value)
+    assert msg.lstrip().startswith(prefix), msg
+    low = msg.lower()
+    for w in words:
+        assert str(w).lower() in low, f"{w!r} not in {msg!r}"
+    return msg
+
+
+GOOD_PRED = torch.rand(1, 3, 3, 4, 5)
+GOOD_SEG = torch.randint(0, 3, (1, 3, 4, 5))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_error_nonfinite_pred(bad):
+    pred = GOOD_PRED.clone()
+    pred[0, 1, 2, 3, 4] = bad
+    _raises(lambda: seglosses.malis_weights(pred, GOOD_SEG, NN3), "pred_affs", "nan" if bad != bad else "inf",
+            exc=ValueError)
+    _raises(lambda: seglosses.malis_weights(pred, GOOD_SEG, NN3, normalize=False), "pred_affs", exc=ValueError)
+
+
+def test_error_nhood_width():
+    nhood = [[-1, 0], [0, -1], [-1, -1]]
+    _raises(lambda: seglosses.malis_weights(GOOD_PRED, GOOD_SEG, nhood), "nhood")
+
+
+def test_error_channel_count():
+    _raises(lambda: seglosses.malis_weights(GOOD_PRED[:, :2], GOOD_SEG, NN3), "nhood", "2", "3")
+    nh4 = NN3 + [[0, 0, 2]]
+    _raises(lambda: seglosses.malis_weights(GOOD_PRED, GOOD_SEG, nh4), "nhood", "4", "3")
+
+
+def test_error_seg_shape():
+    _raises(lambda: seglosses.malis_weights(GOOD_PRED, torch.zeros(1, 3, 4, 7, dtype=torch.int64), NN3),
+            "gt_seg", "7")
+    _raises(lambda: seglosses.malis_weights(GOOD_PRED, torch.zeros(2, 3, 4, 5, dtype=torch.int64), NN3),
+            "gt_seg", "2")
+
+
+def test_error_mask_and_gt_affs_shape():
+    _raises(lambda: seglosses.malis_weights(GOOD_PRED, GOOD_SEG, NN3, mask=torch.ones(1, 3, 3, 4, 6)),
+            "mask", "6")
+    _raises(lambda: seglosses.malis_weights(GOOD_PRED, GOOD_SEG, NN3, gt_affs=torch.ones(1, 3, 3, 9, 5)),
+            "gt_affs", "9")
+
+
+def test_error_negative_labels():
+    seg = GOOD_SEG.clone()
+    seg[0, 0, 0, 0] = -4
+    _raises(lambda: seglosses.malis_weights(GOOD_PRED, seg, NN3), "gt_seg", "-4")
+
+
+def test_error_float_labels():
+    _raises(lambda: seglosses.malis_weights(GOOD_PRED, GOOD_SEG.float(), NN3), "gt_seg", "float")
+
+
+def test_error_wrong_rank():
+    _raises(lambda: seglosses.malis_weights(torch.rand(1, 1, 3, 3, 4, 5), GOOD_SEG, NN3), "pred_affs")
+    _raises(lambda: seglosses.malis_weights(torch.rand(5), GOOD_SEG, NN3), "pred_affs")
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA
+# --------------------------------------------------------------------------------------------------
+@requires_cuda
+@pytest.mark.parametrize("seed", range(6))
+def test_cuda_matches_cpu(seed):
+    pred, seg, nhood, kw = random_case(seed)
+    for constrained in (True, False):
+        cpu = seglosses.malis_weights(pred, seg, nhood, constrained=constrained, **kw)
+        kw_cuda = {k: v.cuda() for k, v in kw.items()}
+        gpu = seglosses.malis_weights(pred.cuda(), seg.cuda(), nhood, constrained=constrained, **kw_cuda)
+        assert gpu.device.type == "cuda" and gpu.dtype == torch.float32
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-6, atol=1e-7)
+        cp, cn = seglosses.malis_weights(pred, seg, nhood, constrained=constrained, normalize=False, **kw)
+        gp, gn = seglosses.malis_weights(pred.cuda(), seg.cuda(), nhood, constrained=constrained,
+                                         normalize=False, **kw_cuda)
+        assert gp.device.type == "cuda"
+        assert torch.equal(gp.cpu(), cp) and torch.equal(gn.cpu(), cn)
+
+
+@requires_cuda
+def test_cuda_utilities_match_cpu():
+    seg = torch.randint(0, 4, (2, 5, 6, 7))
+    nhood = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, 0, 2]]
+    a_cpu = seglosses.seg_to_affgraph(seg, nhood)
+    a_gpu = seglosses.seg_to_affgraph(seg.cuda(), nhood)
+    assert a_gpu.device.type == "cuda"
+    assert torch.equal(a_gpu.cpu(), a_cpu)
+    s_cpu = seglosses.affgraph_to_seg(a_cpu, nhood)
+    s_gpu = seglosses.affgraph_to_seg(a_gpu, nhood)
+    assert torch.equal(s_gpu.cpu(), s_cpu)
