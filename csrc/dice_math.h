@@ -1,15 +1,16 @@
 // Per-voxel Dice arithmetic shared by the CPU kernels (csrc/cpu/dice_cpu.cpp) and the CUDA
-// kernels (csrc/cuda/dice_cuda.cu). Everything here is __host__ __device__, so the CPU tests
-// exercise exactly the arithmetic the GPU runs.
+// kernels (csrc/cuda/dice_cuda.cu). Everything here is __host__ __device__ and works on one
+// element at a time, so the CPU tests exercise exactly the arithmetic the GPU runs; the CPU
+// calls these functions inside loops over voxels that the compiler vectorises.
 //
-// Notation: x are logits of one voxel, read with a channel stride; K classes (K = C for
-// softmax, K = 2 with the sigmoid when C == 1); s_c the class probabilities; p the integer
-// exponent of the Dice denominator; acc_t the accumulation type (float for half/bfloat16/float,
-// double for double).
+// Notation: x are logits; K classes (K = C for softmax, K = 2 with the sigmoid when C == 1);
+// s_c the class probabilities; p the integer exponent of the Dice denominator; acc_t the
+// accumulation type (float for half / bfloat16 / float, double for double).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define SEG_HD __host__ __device__ __forceinline__
@@ -20,8 +21,56 @@
 namespace seglosses {
 namespace dice {
 
-SEG_HD float exp_(float v) { return expf(v); }
+SEG_HD float bits_to_float(int32_t i) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(i);
+#else
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+#endif
+}
+
+SEG_HD int32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_int(f);
+#else
+  int32_t i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+#endif
+}
+
+// exp(v) for v <= 0 (every caller passes x - max or -|x|), branch-free so that loops over
+// voxels vectorise: exp(v) = 2^n exp(r) with n = round(v / ln 2) and a degree-6 polynomial on
+// |r| <= ln(2)/2 (the Cephes expf coefficients; about 1 ulp). Results below 2^-126 are clamped
+// to ~1.2e-38, which no Dice sum can tell from 0. NaN propagates.
+SEG_HD float exp_(float v) {
+  const float kLo = -87.33654f;           // ln(2^-126)
+  const float kMagic = 12582912.0f;       // 1.5 * 2^23: adding it rounds to an integer
+  v = v < kLo ? kLo : v;
+  v = v > 0.0f ? 0.0f : v;
+  const float t = v * 1.44269504088896341f + kMagic;
+  const float n = t - kMagic;
+  const int32_t ni = float_to_bits(t) - float_to_bits(kMagic);
+  float r = v - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  return y * bits_to_float((ni + 127) << 23);
+}
+
 SEG_HD double exp_(double v) { return exp(v); }
+
+template <typename acc_t>
+SEG_HD acc_t max_(acc_t a, acc_t b) {
+  return b > a ? b : a;
+}
 
 // v^n for an integer n >= 0 (n is small: p or p - 1).
 template <typename acc_t>
@@ -29,6 +78,19 @@ SEG_HD acc_t ipow(acc_t v, int n) {
   acc_t r = acc_t(1);
   for (int i = 0; i < n; ++i) r *= v;
   return r;
+}
+
+// v^n with n = N when N >= 0 is known at compile time (the CPU kernels specialise p = 1, 2, so
+// their loops vectorise), else the runtime n.
+template <int N, typename acc_t>
+SEG_HD acc_t ipow_n(acc_t v, int n) {
+  if constexpr (N >= 0) {
+    acc_t r = acc_t(1);
+    for (int i = 0; i < N; ++i) r *= v;
+    return r;
+  } else {
+    return ipow(v, n);
+  }
 }
 
 // Number of classes for C logit channels: C, or 2 for the sigmoid case C == 1.
@@ -44,30 +106,11 @@ SEG_HD int64_t classify_label(int64_t label, int64_t K, int64_t ignore_label) {
   return label;
 }
 
-// Softmax statistics of one voxel: the max logit m and 1 / sum_c exp(x_c - m). When e is not
-// null, e[c] = exp(x_c - m) is stored too, so a caller with scratch space (the CPU) need not
-// recompute it; s_c = exp(x_c - m) * inv_z either way.
-template <typename acc_t, typename scalar_t>
-SEG_HD void softmax_stats(const scalar_t* x, int64_t stride_c, int64_t C, acc_t& m, acc_t& inv_z,
-                          acc_t* e = nullptr) {
-  m = static_cast<acc_t>(x[0]);
-  for (int64_t c = 1; c < C; ++c) {
-    const acc_t v = static_cast<acc_t>(x[c * stride_c]);
-    m = v > m ? v : m;
-  }
-  acc_t z = acc_t(0);
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t ec = exp_(static_cast<acc_t>(x[c * stride_c]) - m);
-    if (e != nullptr) e[c] = ec;
-    z += ec;
-  }
-  inv_z = acc_t(1) / z;
-}
-
-// s_c from x_c and the voxel's statistics.
+// Softmax of one voxel, in three steps over its channels:
+//   m = max_c x_c;  e_c = shifted_exp(x_c, m);  s_c = e_c * inv_z with inv_z = 1 / sum_c e_c.
 template <typename acc_t>
-SEG_HD acc_t softmax_prob(acc_t xc, acc_t m, acc_t inv_z) {
-  return exp_(xc - m) * inv_z;
+SEG_HD acc_t shifted_exp(acc_t x_c, acc_t m) {
+  return exp_(x_c - m);
 }
 
 // Binary case (C == 1): s1 = sigmoid(x), s0 = 1 - sigmoid(x), both without cancellation.
@@ -82,9 +125,10 @@ SEG_HD void sigmoid_pair(acc_t x, acc_t& s0, acc_t& s1) {
 
 // dLoss/ds_c for one voxel: g_c = a_c [label == c] + b_c s_c^(p-1).
 // a_c = dLoss/dI_c, b_c = p dLoss/dP_c (the coefficient tables of the backward pass).
-template <typename acc_t>
+// PM1 = p - 1 when known at compile time, else -1.
+template <int PM1 = -1, typename acc_t>
 SEG_HD acc_t class_grad(acc_t a_c, acc_t b_c, acc_t s_c, bool is_label, int p) {
-  return (is_label ? a_c : acc_t(0)) + b_c * ipow(s_c, p - 1);
+  return (is_label ? a_c : acc_t(0)) + b_c * ipow_n<PM1>(s_c, p - 1);
 }
 
 // Softmax Jacobian-vector product: dLoss/dx_k = s_k (g_k - sum_c g_c s_c).

@@ -19,9 +19,10 @@ TORCH_LIBRARY(seglosses, m) {
   // voxels whose label is not ignore_label. x: logits [B, C, *], y: labels [B, *].
   // Returns [B, 3, K] (float32; float64 for double x); K = C, or 2 when C == 1.
   m.def("dice_sums(Tensor x, Tensor y, int ignore_label, int p) -> Tensor");
-  // Vector-Jacobian product of dice_sums: with g_c = coef_a[b,c] [y=c] + coef_b[b,c] p s_c^(p-1),
-  // grad_x = s_k (g_k - sum_c g_c s_c) (softmax) or s(1-s)(g_1 - g_0) (C == 1). Same shape and
-  // dtype as x.
+  // Vector-Jacobian product of dice_sums. coef_a = dLoss/dI and coef_b = p dLoss/dP ([B, K]
+  // tables A and Bt); with g_c = coef_a[b,c] [y=c] + coef_b[b,c] s_c^(p-1),
+  // grad_x = s_k (g_k - sum_c g_c s_c) (softmax) or s(1-s)(g_1 - g_0) (C == 1); 0 at ignored
+  // voxels. Same shape and dtype as x.
   m.def("dice_backward(Tensor x, Tensor y, Tensor coef_a, Tensor coef_b, int ignore_label, int p) -> Tensor");
 
   // MALIS. pred: [B, C, *spatial] affinities, seg: [B, *spatial] labels >= 0, nhood: C rows of

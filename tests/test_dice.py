@@ -598,7 +598,8 @@ def test_dice_sums_values(dtype, C, p, ign):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("C,p,ign", [(3, 1, -1), (4, 2, 255), (1, 3, 255), (1, 2, -1)])
 def test_dice_backward_values(dtype, C, p, ign):
-    """dice_backward(x, y, a, b) is d/dx sum_bc (a_bc I_bc + b_bc P_bc)."""
+    """dice_backward(x, y, a, b) is d/dx sum_bc (a_bc I_bc + b_bc P_bc / p): coef_b carries the
+    factor p of dP/ds = p s^(p-1) (the table Bt of the schema)."""
     torch.manual_seed(18)
     K = num_classes(C)
     x = torch.randn(2, C, 4, 5, dtype=dtype)
@@ -608,7 +609,7 @@ def test_dice_backward_values(dtype, C, p, ign):
     out = torch.ops.seglosses.dice_backward(x, y, a, b, ign, p)
     xr = x.detach().clone().requires_grad_()
     I, P, _ = dice_sums_ref(xr, y, ign, p)
-    (a.double() * I + b.double() * P).sum().backward()
+    (a.double() * I + b.double() * P / p).sum().backward()
     assert out.dtype == dtype and out.shape == x.shape
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     assert_close(out, xr.grad, rtol=tol, atol_frac=tol)

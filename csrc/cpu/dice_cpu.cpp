@@ -1,11 +1,15 @@
 // CPU kernels of the fused, one-hot-free Dice loss.
 //
-// dice_sums: one pass over logits and labels; softmax (or sigmoid) in registers / a K-sized
-// scratch row; per (sample, class) sums I, P, T. The voxels of a sample are cut into fixed chunks
-// (independent of the thread count); each chunk accumulates its own partial sums, and the
-// partials are combined in chunk order, so the result is bitwise identical for any number of
-// threads.
-// dice_backward: one elementwise pass with the O(K) formula of csrc/dice_math.h.
+// dice_sums: one pass over logits and labels; per (sample, class) sums I, P, T. The voxels of a
+// sample are cut into fixed chunks (independent of the thread count) that at::parallel_for
+// distributes; each chunk accumulates its own partial sums and the partials are combined in
+// chunk order, so the result is bitwise identical for any number of threads.
+// dice_backward: one elementwise pass with the O(K) formula, from the [B, K] tables A and Bt.
+//
+// Inside a chunk, voxels are processed in tiles of kTile: the tile's logits are gathered into a
+// [K, kTile] scratch block (any strides: contiguous, channels_last, a channel slice), then every
+// step is a loop over the tile's voxels that calls the per-element functions of dice_math.h and
+// that the compiler vectorises. No softmax or one-hot tensor is ever allocated.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -21,9 +25,76 @@ namespace seglosses {
 namespace dice {
 namespace {
 
-constexpr int64_t kChunk = 8192;  // voxels per chunk; fixed so results do not depend on threads
+constexpr int64_t kTile = 64;
+constexpr int64_t kChunk = 128 * kTile;  // voxels per chunk; fixed so results do not depend on threads
 
-template <typename scalar_t, typename label_t>
+// Scratch of one thread and the tile it holds.
+template <typename acc_t>
+struct Tile {
+  explicit Tile(int64_t K) : x(K * kTile), g(K * kTile) {}
+  std::vector<acc_t> x;  // logits, then exp(x - m), then s
+  std::vector<acc_t> g;  // dLoss/ds (backward)
+  acc_t m[kTile], inv_z[kTile], dot[kTile];
+  int32_t cls[kTile];  // class index, or kIgnored (ignored, bad or padding)
+  int64_t n = 0;       // voxels in this tile (the rest is padding)
+};
+
+// Gathers logits and labels of voxels [v0, v0 + n) of one sample; returns the first bad label
+// seen (or records nothing). Padding voxels are marked ignored.
+template <typename scalar_t, typename label_t, typename acc_t>
+void load_tile(Tile<acc_t>& tl, const scalar_t* xb, const Layout& lx, const label_t* yb, const Layout& ly,
+               int64_t v0, int64_t n, int64_t K, int64_t ignore_label, bool& has_bad, int64_t& bad) {
+  tl.n = n;
+  for (int64_t c = 0; c < lx.C; ++c) {
+    const scalar_t* xc = xb + c * lx.sc + v0 * lx.sv;
+    acc_t* dst = tl.x.data() + c * kTile;
+    for (int64_t t = 0; t < n; ++t) dst[t] = static_cast<acc_t>(xc[t * lx.sv]);
+    for (int64_t t = n; t < kTile; ++t) dst[t] = acc_t(0);
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t label = static_cast<int64_t>(yb[(v0 + t) * ly.sv]);
+    const int64_t cls = classify_label(label, K, ignore_label);
+    if (cls == kBadLabel && !has_bad) has_bad = true, bad = label;
+    tl.cls[t] = static_cast<int32_t>(cls < 0 ? kIgnored : cls);
+  }
+  for (int64_t t = n; t < kTile; ++t) tl.cls[t] = static_cast<int32_t>(kIgnored);
+}
+
+// Softmax over the tile's C channels: afterwards x holds s_c (0 for ignored voxels).
+template <typename acc_t>
+void softmax_tile(Tile<acc_t>& tl, int64_t C) {
+  acc_t* x = tl.x.data();
+  acc_t* m = tl.m;
+  acc_t* inv_z = tl.inv_z;
+  for (int64_t t = 0; t < kTile; ++t) m[t] = x[t];
+  for (int64_t c = 1; c < C; ++c) {
+    const acc_t* xc = x + c * kTile;
+#pragma omp simd
+    for (int64_t t = 0; t < kTile; ++t) m[t] = max_(m[t], xc[t]);
+  }
+  for (int64_t t = 0; t < kTile; ++t) inv_z[t] = acc_t(0);
+  for (int64_t c = 0; c < C; ++c) {
+    acc_t* xc = x + c * kTile;
+#pragma omp simd
+    for (int64_t t = 0; t < kTile; ++t) {
+      xc[t] = shifted_exp(xc[t], m[t]);
+      inv_z[t] += xc[t];
+    }
+  }
+#pragma omp simd
+  for (int64_t t = 0; t < kTile; ++t) inv_z[t] = tl.cls[t] >= 0 ? acc_t(1) / inv_z[t] : acc_t(0);
+  for (int64_t c = 0; c < C; ++c) {
+    acc_t* xc = x + c * kTile;
+#pragma omp simd
+    for (int64_t t = 0; t < kTile; ++t) {
+      const acc_t s = xc[t] * inv_z[t];  // load unconditionally so the select vectorises
+      xc[t] = tl.cls[t] >= 0 ? s : acc_t(0);
+    }
+  }
+}
+
+// PP = p when it is 1 or 2 (compile-time, so the loops vectorise), else -1.
+template <int PP, typename scalar_t, typename label_t>
 void sums_kernel(const scalar_t* x, const Layout& lx, const label_t* y, const Layout& ly, int64_t ignore_label,
                  int p, double* out /* [B, 3, K] */) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -35,41 +106,56 @@ void sums_kernel(const scalar_t* x, const Layout& lx, const label_t* y, const La
   std::vector<char> has_bad(static_cast<size_t>(ntask), 0);
 
   at::parallel_for(0, ntask, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> e(static_cast<size_t>(K));
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / nchunk, v0 = (t % nchunk) * kChunk, v1 = std::min(S, v0 + kChunk);
-      acc_t* I = partial.data() + t * 3 * K;
+    Tile<acc_t> tl(K);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / nchunk, v0 = (task % nchunk) * kChunk, v1 = std::min(S, v0 + kChunk);
+      acc_t* I = partial.data() + task * 3 * K;
       acc_t* P = I + K;
       acc_t* T = P + K;
-      const scalar_t* xb = x + b * lx.sb;
-      const label_t* yb = y + b * ly.sb;
-      for (int64_t v = v0; v < v1; ++v) {
-        const int64_t cls = classify_label(static_cast<int64_t>(yb[v * ly.sv]), K, ignore_label);
-        if (cls == kIgnored) continue;
-        if (cls == kBadLabel) {
-          if (!has_bad[t]) has_bad[t] = 1, bad[t] = static_cast<int64_t>(yb[v * ly.sv]);
+      bool task_bad = false;
+      for (int64_t vt = v0; vt < v1; vt += kTile) {
+        load_tile(tl, x + b * lx.sb, lx, y + b * ly.sb, ly, vt, std::min(kTile, v1 - vt), K, ignore_label, task_bad,
+                  bad[task]);
+        const int32_t* cls = tl.cls;
+        if (C == 1) {
+          acc_t sP0 = 0, sP1 = 0, sI0 = 0, sI1 = 0, sT0 = 0, sT1 = 0;
+          const acc_t* xt = tl.x.data();
+#pragma omp simd reduction(+ : sP0, sP1, sI0, sI1, sT0, sT1)
+          for (int64_t t = 0; t < kTile; ++t) {
+            acc_t s0, s1;
+            sigmoid_pair(xt[t], s0, s1);
+            s0 = cls[t] >= 0 ? s0 : acc_t(0);
+            s1 = cls[t] >= 0 ? s1 : acc_t(0);
+            sP0 += ipow_n<PP>(s0, p);
+            sP1 += ipow_n<PP>(s1, p);
+            sI0 += cls[t] == 0 ? s0 : acc_t(0);
+            sI1 += cls[t] == 1 ? s1 : acc_t(0);
+            sT0 += cls[t] == 0 ? acc_t(1) : acc_t(0);
+            sT1 += cls[t] == 1 ? acc_t(1) : acc_t(0);
+          }
+          P[0] += sP0, P[1] += sP1, I[0] += sI0, I[1] += sI1, T[0] += sT0, T[1] += sT1;
           continue;
         }
-        const scalar_t* xv = xb + v * lx.sv;
-        if (C == 1) {
-          acc_t s0, s1;
-          sigmoid_pair(static_cast<acc_t>(xv[0]), s0, s1);
-          P[0] += ipow(s0, p);
-          P[1] += ipow(s1, p);
-          I[cls] += cls == 0 ? s0 : s1;
-        } else {
-          acc_t m, inv_z;
-          softmax_stats(xv, lx.sc, C, m, inv_z, e.data());
-          for (int64_t c = 0; c < C; ++c) P[c] += ipow(e[c] * inv_z, p);
-          I[cls] += e[cls] * inv_z;
+        softmax_tile(tl, C);
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t* s = tl.x.data() + c * kTile;
+          const int32_t ci = static_cast<int32_t>(c);
+          acc_t sP = 0, sI = 0, sT = 0;
+#pragma omp simd reduction(+ : sP, sI, sT)
+          for (int64_t t = 0; t < kTile; ++t) {
+            sP += ipow_n<PP>(s[t], p);
+            sI += cls[t] == ci ? s[t] : acc_t(0);
+            sT += cls[t] == ci ? acc_t(1) : acc_t(0);
+          }
+          P[c] += sP, I[c] += sI, T[c] += sT;
         }
-        T[cls] += acc_t(1);
       }
+      has_bad[task] = task_bad;
     }
   });
 
-  for (int64_t t = 0; t < ntask; ++t) {
-    TORCH_CHECK_VALUE(!has_bad[t], bad_label_message("dice_loss", bad[t], K, ignore_label));
+  for (int64_t task = 0; task < ntask; ++task) {
+    TORCH_CHECK_VALUE(!has_bad[task], bad_label_message("dice_loss", bad[task], K, ignore_label));
   }
   // Fixed-order combination of the chunk partials, in double.
   for (int64_t b = 0; b < B; ++b) {
@@ -82,7 +168,8 @@ void sums_kernel(const scalar_t* x, const Layout& lx, const label_t* y, const La
   }
 }
 
-template <typename scalar_t, typename label_t>
+// PM1 = p - 1 when p is 1 or 2, else -1.
+template <int PM1, typename scalar_t, typename label_t>
 void backward_kernel(const scalar_t* x, const Layout& lx, const label_t* y, const Layout& ly,
                      const at::opmath_type<scalar_t>* coef_a, const at::opmath_type<scalar_t>* coef_b,
                      int64_t ignore_label, int p, scalar_t* g, const Layout& lg) {
@@ -94,46 +181,71 @@ void backward_kernel(const scalar_t* x, const Layout& lx, const label_t* y, cons
   std::vector<char> has_bad(static_cast<size_t>(ntask), 0);
 
   at::parallel_for(0, ntask, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> e(static_cast<size_t>(K)), gc(static_cast<size_t>(K));
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / nchunk, v0 = (t % nchunk) * kChunk, v1 = std::min(S, v0 + kChunk);
+    Tile<acc_t> tl(K);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / nchunk, v0 = (task % nchunk) * kChunk, v1 = std::min(S, v0 + kChunk);
       const acc_t* a = coef_a + b * K;
       const acc_t* bt = coef_b + b * K;
-      const scalar_t* xb = x + b * lx.sb;
-      const label_t* yb = y + b * ly.sb;
-      scalar_t* gb = g + b * lg.sb;
-      for (int64_t v = v0; v < v1; ++v) {
-        scalar_t* gv = gb + v * lg.sv;
-        const int64_t cls = classify_label(static_cast<int64_t>(yb[v * ly.sv]), K, ignore_label);
-        if (cls < 0) {
-          if (cls == kBadLabel && !has_bad[t]) has_bad[t] = 1, bad[t] = static_cast<int64_t>(yb[v * ly.sv]);
-          for (int64_t c = 0; c < C; ++c) gv[c * lg.sc] = scalar_t(0);
+      bool task_bad = false;
+      for (int64_t vt = v0; vt < v1; vt += kTile) {
+        const int64_t n = std::min(kTile, v1 - vt);
+        load_tile(tl, x + b * lx.sb, lx, y + b * ly.sb, ly, vt, n, K, ignore_label, task_bad, bad[task]);
+        const int32_t* cls = tl.cls;
+        scalar_t* gb = g + b * lg.sb + vt * lg.sv;
+        if (C == 1) {
+          acc_t* out = tl.g.data();
+          const acc_t* xt = tl.x.data();
+#pragma omp simd
+          for (int64_t t = 0; t < kTile; ++t) {
+            acc_t s0, s1;
+            sigmoid_pair(xt[t], s0, s1);
+            const acc_t g0 = class_grad<PM1>(a[0], bt[0], s0, cls[t] == 0, p);
+            const acc_t g1 = class_grad<PM1>(a[1], bt[1], s1, cls[t] == 1, p);
+            out[t] = cls[t] >= 0 ? sigmoid_grad(s0, s1, g0, g1) : acc_t(0);
+          }
+          for (int64_t t = 0; t < n; ++t) gb[t * lg.sv] = static_cast<scalar_t>(out[t]);
           continue;
         }
-        const scalar_t* xv = xb + v * lx.sv;
-        if (C == 1) {
-          acc_t s0, s1;
-          sigmoid_pair(static_cast<acc_t>(xv[0]), s0, s1);
-          const acc_t g0 = class_grad(a[0], bt[0], s0, cls == 0, p);
-          const acc_t g1 = class_grad(a[1], bt[1], s1, cls == 1, p);
-          gv[0] = static_cast<scalar_t>(sigmoid_grad(s0, s1, g0, g1));
-        } else {
-          acc_t m, inv_z;
-          softmax_stats(xv, lx.sc, C, m, inv_z, e.data());
-          acc_t dot = acc_t(0);
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t s = e[c] * inv_z;
-            e[c] = s;
-            gc[c] = class_grad(a[c], bt[c], s, c == cls, p);
-            dot += gc[c] * s;
+        softmax_tile(tl, C);
+        acc_t* dot = tl.dot;
+        for (int64_t t = 0; t < kTile; ++t) dot[t] = acc_t(0);
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t* s = tl.x.data() + c * kTile;
+          acc_t* gc = tl.g.data() + c * kTile;
+          const acc_t ac = a[c], bc = bt[c];
+          const int32_t ci = static_cast<int32_t>(c);
+#pragma omp simd
+          for (int64_t t = 0; t < kTile; ++t) {
+            gc[t] = class_grad<PM1>(ac, bc, s[t], cls[t] == ci, p);
+            dot[t] += gc[t] * s[t];
           }
-          for (int64_t c = 0; c < C; ++c) gv[c * lg.sc] = static_cast<scalar_t>(softmax_grad(e[c], gc[c], dot));
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          acc_t* s = tl.x.data() + c * kTile;
+          const acc_t* gc = tl.g.data() + c * kTile;
+#pragma omp simd
+          for (int64_t t = 0; t < kTile; ++t) s[t] = softmax_grad(s[t], gc[t], dot[t]);
+          scalar_t* gout = gb + c * lg.sc;
+          for (int64_t t = 0; t < n; ++t) gout[t * lg.sv] = static_cast<scalar_t>(s[t]);
         }
       }
+      has_bad[task] = task_bad;
     }
   });
-  for (int64_t t = 0; t < ntask; ++t) {
-    TORCH_CHECK_VALUE(!has_bad[t], bad_label_message("dice_loss", bad[t], K, ignore_label));
+  for (int64_t task = 0; task < ntask; ++task) {
+    TORCH_CHECK_VALUE(!has_bad[task], bad_label_message("dice_loss", bad[task], K, ignore_label));
+  }
+}
+
+// Calls f with the compile-time specialisation of p (1, 2, or -1 = runtime), offset by delta.
+template <int delta, typename F>
+void dispatch_p(int64_t p, F&& f) {
+  if (p == 1) {
+    f(std::integral_constant<int, 1 + delta>());
+  } else if (p == 2) {
+    f(std::integral_constant<int, 2 + delta>());
+  } else {
+    f(std::integral_constant<int, -1>());
   }
 }
 
@@ -148,8 +260,12 @@ at::Tensor dice_sums_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dice_sums_cpu", [&] {
       using x_t = scalar_t;
       AT_DISPATCH_INTEGRAL_TYPES(yv.scalar_type(), "dice_sums_cpu_labels", [&] {
-        sums_kernel<x_t, scalar_t>(x.const_data_ptr<x_t>(), lx, yv.const_data_ptr<scalar_t>(), ly, ignore_label,
-                                   static_cast<int>(p), out64.mutable_data_ptr<double>());
+        using label_t = scalar_t;
+        dispatch_p<0>(p, [&](auto pp) {
+          sums_kernel<decltype(pp)::value, x_t, label_t>(x.const_data_ptr<x_t>(), lx, yv.const_data_ptr<label_t>(),
+                                                         ly, ignore_label, static_cast<int>(p),
+                                                         out64.mutable_data_ptr<double>());
+        });
       });
     });
   }
@@ -165,15 +281,18 @@ at::Tensor dice_backward_cpu(const at::Tensor& x_in, const at::Tensor& y_in, con
   at::Tensor a = check_coef("dice_backward", "coef_a", coef_a, x);
   at::Tensor bt = check_coef("dice_backward", "coef_b", coef_b, x);
   at::Tensor g = empty_grad(x);
-  Layout lg = x_layout(g);
+  const Layout lg = x_layout(g);
   if (lx.B == 0 || lx.S == 0) return g.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dice_backward_cpu", [&] {
     using x_t = scalar_t;
     using acc_t = at::opmath_type<x_t>;
     AT_DISPATCH_INTEGRAL_TYPES(yv.scalar_type(), "dice_backward_cpu_labels", [&] {
-      backward_kernel<x_t, scalar_t>(x.const_data_ptr<x_t>(), lx, yv.const_data_ptr<scalar_t>(), ly,
-                                     a.const_data_ptr<acc_t>(), bt.const_data_ptr<acc_t>(), ignore_label,
-                                     static_cast<int>(p), g.mutable_data_ptr<x_t>(), lg);
+      using label_t = scalar_t;
+      dispatch_p<-1>(p, [&](auto pm1) {
+        backward_kernel<decltype(pm1)::value, x_t, label_t>(
+            x.const_data_ptr<x_t>(), lx, yv.const_data_ptr<label_t>(), ly, a.const_data_ptr<acc_t>(),
+            bt.const_data_ptr<acc_t>(), ignore_label, static_cast<int>(p), g.mutable_data_ptr<x_t>(), lg);
+      });
     });
   });
   return g;
