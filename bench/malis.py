@@ -23,6 +23,10 @@ affinities in [0, 1) of shape [3, s, s, s] for nhood [[1,0,0],[0,1,0],[0,0,1]]: 
 is the edge (p, p + nhood[c]). Both implementations get the same arrays with the same convention
 (malis 1.0's ``nodelist_like`` also pairs p with p + nhood[c]), so their pair counts are comparable.
 
+The parent makes the data, saves it to a temporary .npz file and runs every measurement in a fresh
+child process (this script re-invoked with ``--child``): seglosses under the current interpreter,
+malis 1.0 under ``--peer-python``.
+
 What is timed, per call (constrained MALIS, normalised weights, gt affinities derived from gt_seg):
     seglosses  ``seglosses.malis_weights(pred, gt_seg, nhood)`` (one call does both passes).
                "1 thread, batch 1": torch.set_num_threads(1), pred [1, 3, s, s, s].
@@ -44,6 +48,12 @@ What is timed, per call (constrained MALIS, normalised weights, gt affinities de
                so two processes are its fair use of two cores.
     Each time is seconds per sample; "speed-up vs malis 1.0" compares rows of the same
     threads/batch kind.
+
+Peak extra memory (batch-1 rows): a separate child started with ``common.MALLOC_ENV`` (glibc mmap
+threshold 64 KiB, so freed buffers leave the resident set) loads the data, runs one warm-up call
+(seglosses only; the slow peer gets none), resets the resident-set high-water mark via
+/proc/self/clear_refs and runs one call: VmHWM after - VmRSS before, including the returned weights.
+See ``bench/common.py`` for the method.
 
 Sanity column: total positive and negative pair counts of sample 0 (seglosses with
 normalize=False; malis 1.0 from its per-edge count arrays, after zeroing the other class's edges).
@@ -162,7 +172,7 @@ def _peer_pool_task(b: int):
     return b, pos, neg, time.perf_counter() - t0
 
 
-def peer_child(data_path: str, repeats: int) -> None:
+def peer_child(mode: str, data_path: str, repeats: int) -> None:
     """Runs under bench/.malis-venv/bin/python: numpy + malis 1.0, no torch."""
     import multiprocessing as mp
 
@@ -175,8 +185,16 @@ def peer_child(data_path: str, repeats: int) -> None:
     node1, node2 = malis.nodelist_like(seg.shape[1:], nhood)
     _PEER.update(malis=malis, seg=seg, affs=affs, nhood=nhood,
                  node1=node1.astype(np.uint64).ravel(), node2=node2.astype(np.uint64).ravel())
-
+    del node1, node2
     out = {"malis_file": malis.__file__, "numpy": np.__version__}
+
+    if mode == "mem":  # no warm-up: one call is all the slow peer gets
+        with common.PeakRSS() as meter:
+            _, pos, neg = _peer_sample(0)
+        out["extra_bytes"], out["mem_method"] = meter.extra_bytes, meter.method
+        common.emit_result(out)
+        return
+
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -204,32 +222,41 @@ def _peer_noop(_):
 
 # ----------------------------------------------------------------------------- seglosses side
 
-def bench_seglosses(seg, affs, repeats: int) -> dict:
+def seglosses_child(mode: str, data_path: str, repeats: int) -> None:
+    """Runs under the project's venv (torch + seglosses)."""
     import numpy as np
     import torch
 
     common.add_repo_to_path()
     import seglosses
 
-    pred = torch.from_numpy(affs)
-    gt = torch.from_numpy(seg)
-    out = {}
-    old_threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        p1, g1 = pred[:1].contiguous(), gt[:1].contiguous()
-        out["t1"], out["t1_all"] = common.median_time(lambda: seglosses.malis_weights(p1, g1, NHOOD), repeats)
-        pos, neg = seglosses.malis_weights(p1, g1, NHOOD, normalize=False)
-        out["pos"], out["neg"] = int(pos.sum()), int(neg.sum())
-        torch.set_num_threads(2)
-        t2, t2_all = common.median_time(lambda: seglosses.malis_weights(pred, gt, NHOOD), repeats)
-        out["t2"], out["t2_all"] = t2 / 2, [t / 2 for t in t2_all]
-        w = seglosses.malis_weights(pred, gt, NHOOD)
-        out["wsum"] = [float(w[b].double().sum()) for b in range(w.shape[0])]
-        assert np.isfinite(out["wsum"]).all()
-    finally:
-        torch.set_num_threads(old_threads)
-    return out
+    data = np.load(data_path)
+    pred = torch.from_numpy(data["affs"])
+    gt = torch.from_numpy(data["seg"])
+    p1, g1 = pred[:1].contiguous(), gt[:1].contiguous()
+    out = {"seglosses_file": seglosses.__file__}
+
+    torch.set_num_threads(1)
+    if mode == "mem":
+        seglosses.malis_weights(p1, g1, NHOOD)  # warm-up
+        with common.PeakRSS() as meter:
+            w = seglosses.malis_weights(p1, g1, NHOOD)
+        out["extra_bytes"], out["mem_method"] = meter.extra_bytes, meter.method
+        out["weights_bytes"] = w.numel() * w.element_size()
+        common.emit_result(out)
+        return
+
+    out["t1"], out["t1_all"] = common.median_time(lambda: seglosses.malis_weights(p1, g1, NHOOD), repeats)
+    pos, neg = seglosses.malis_weights(p1, g1, NHOOD, normalize=False)
+    out["pos"], out["neg"] = int(pos.sum()), int(neg.sum())
+    torch.set_num_threads(2)
+    t2, t2_all = common.median_time(lambda: seglosses.malis_weights(pred, gt, NHOOD), repeats)
+    out["t2"], out["t2_all"] = t2 / 2, [t / 2 for t in t2_all]
+    w = seglosses.malis_weights(pred, gt, NHOOD)
+    out["wsum"] = [float(w[b].double().sum()) for b in range(w.shape[0])]
+    if not np.isfinite(out["wsum"]).all():
+        raise RuntimeError(f"non-finite weights: sums {out['wsum']}")
+    common.emit_result(out)
 
 
 # ----------------------------------------------------------------------------- parent
@@ -246,11 +273,15 @@ def main(argv=None) -> int:
     ap.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON,
                     help="python with malis 1.0 (default bench/.malis-venv/bin/python)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds for the malis 1.0 child")
-    ap.add_argument("--peer-child", metavar="DATA_NPZ", help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, metavar=("IMPL", "MODE", "DATA_NPZ"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    if args.peer_child:
-        peer_child(args.peer_child, args.peer_repeats)
+    if args.child:
+        impl, mode, path = args.child
+        if impl == "malis":
+            peer_child(mode, path, args.peer_repeats)
+        else:
+            seglosses_child(mode, path, args.repeats)
         return 0
 
     try:
@@ -278,7 +309,7 @@ def main(argv=None) -> int:
         print("- " + line)
     print(flush=True)
 
-    rows, notes, failed = [], [], False
+    rows, notes, failed, methods = [], [], False, set()
     tmpdir = tempfile.mkdtemp(prefix="seglosses-malis-bench-")
     try:
         for size in sizes:
@@ -290,23 +321,32 @@ def main(argv=None) -> int:
             print(f"{case}: data made in {time.perf_counter() - t0:.1f} s ({n_present} labels in sample 0; "
                   f"expected counts: pos <= {exp_pos}, neg = {exp_neg})", flush=True)
 
-            try:
-                sl = bench_seglosses(seg, affs, args.repeats)
-            except Exception as exc:  # report and go on with the peer
-                sl = {"error": f"{type(exc).__name__}: {exc}"}
+            path = os.path.join(tmpdir, f"data{size}.npz")
+            np.savez(path, seg=seg, affs=affs)
+            me = os.path.abspath(__file__)
+            rep = ["--repeats", str(args.repeats), "--peer-repeats", str(args.peer_repeats)]
+            sl = common.run_child([me, "--child", "seglosses", "time", path] + rep, timeout=args.timeout)
+            if "error" not in sl:
+                mem = common.run_child([me, "--child", "seglosses", "mem", path] + rep,
+                                       env_extra=common.MALLOC_ENV, timeout=args.timeout)
+                sl["extra_bytes"] = mem.get("extra_bytes")
+                methods.add(mem.get("mem_method", "-"))
+            else:
                 print(f"  seglosses failed: {sl['error']}", file=sys.stderr, flush=True)
                 failed = True
 
             peer = None
             if peer_ok:
-                path = os.path.join(tmpdir, f"data{size}.npz")
-                np.savez(path, seg=seg, affs=affs)
-                peer = common.run_child([os.path.abspath(__file__), "--peer-child", path,
-                                         "--peer-repeats", str(args.peer_repeats)],
+                peer = common.run_child([me, "--child", "malis", "time", path] + rep,
                                         python=args.peer_python, timeout=args.timeout)
-                os.remove(path)
                 if "error" in peer:
                     print(f"  malis 1.0 failed: {peer['error']}", file=sys.stderr, flush=True)
+                else:
+                    mem = common.run_child([me, "--child", "malis", "mem", path] + rep, python=args.peer_python,
+                                           env_extra=common.MALLOC_ENV, timeout=args.timeout)
+                    peer["extra_bytes"] = mem.get("extra_bytes")
+                    methods.add(mem.get("mem_method", "-"))
+            os.remove(path)
 
             def speedup(key):
                 if "error" in sl or not peer or "error" in peer or key not in peer:
@@ -316,17 +356,21 @@ def main(argv=None) -> int:
             def counts(d):
                 return f"pos {d['pos']}, neg {d['neg']}"
 
+            def mib(d):
+                return "-" if d.get("extra_bytes") is None else f"{d['extra_bytes'] / common.MIB:.1f}"
+
             if "error" in sl:
-                rows.append([case, "seglosses", "-", "error", "-", "-"])
+                rows.append([case, "seglosses", "-", "error", "-", "-", "-"])
             else:
                 exact = "neg = expected" if sl["neg"] == exp_neg else "neg != expected!"
                 rows.append([case, "seglosses", "1 thread, batch 1", common.fmt_s(sl["t1"]), speedup("t1"),
-                             f"{counts(sl)} ({exact})"])
-                rows.append([case, "seglosses", "2 threads, batch 2", common.fmt_s(sl["t2"]), speedup("t2"), "-"])
+                             mib(sl), f"{counts(sl)} ({exact})"])
+                rows.append([case, "seglosses", "2 threads, batch 2", common.fmt_s(sl["t2"]), speedup("t2"),
+                             "-", "-"])
             if peer is None:
-                rows.append([case, "malis 1.0", "-", "not installed" if not args.no_peer else "skipped", "-", "-"])
+                rows.append([case, "malis 1.0", "-", "skipped" if args.no_peer else "not installed", "-", "-", "-"])
             elif "error" in peer:
-                rows.append([case, "malis 1.0", "-", "error", "-", "-"])
+                rows.append([case, "malis 1.0", "-", "error", "-", "-", "-"])
             else:
                 if "error" not in sl:
                     same = (peer["pos"] == sl["pos"], peer["neg"] == sl["neg"])
@@ -336,9 +380,9 @@ def main(argv=None) -> int:
                 else:
                     tag = ""
                 rows.append([case, "malis 1.0", "1 process, batch 1", common.fmt_s(peer["t1"]), "1x",
-                             f"{counts(peer)} {tag}".strip()])
+                             mib(peer), f"{counts(peer)} {tag}".strip()])
                 if "t2" in peer:
-                    rows.append([case, "malis 1.0", "2 processes, batch 2", common.fmt_s(peer["t2"]), "1x", "-"])
+                    rows.append([case, "malis 1.0", "2 processes, batch 2", common.fmt_s(peer["t2"]), "1x", "-", "-"])
             if "error" not in sl and size == 128:
                 notes.append(f"128^3, one core: {common.fmt_s(sl['t1'])} s per sample "
                              f"(goal <= 0.2 s: {'met' if sl['t1'] <= 0.2 else 'NOT met'})")
@@ -354,9 +398,13 @@ def main(argv=None) -> int:
 
     print()
     headers = ["size", "impl", "threads / batch", "s / sample", "speed-up vs malis 1.0",
-               "sanity: pair counts of sample 0"]
+               "peak extra (MiB)", "sanity: pair counts of sample 0"]
     print(common.markdown_table(headers, rows))
     print()
+    print("Peak extra: peak RSS during one call for one sample (1 thread / 1 process) minus RSS with the "
+          f"data loaded, in a fresh process with glibc's mmap threshold at 64 KiB; method: "
+          f"{', '.join(sorted(methods)) or '-'}. It includes the returned weights, float32 [3, s, s, s] = "
+          f"{', '.join(f'{12 * s**3 / common.MIB:.1f} MiB at {s}^3' for s in sizes)}.")
     for n in notes:
         print("- " + n)
     return 1 if failed else 0
