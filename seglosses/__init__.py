@@ -5,17 +5,35 @@
 
 from . import _ops  # noqa: F401  (loads the compiled operators first)
 from . import functional
-from .dice import DiceLoss
 from .bce import PerChannelBCEWithLogitsLoss, WeightedBCEWithLogitsLoss
 from .combined import CombinedLoss, register_loss
+from .dice import DiceLoss
+from .malis import (
+    MalisLoss,
+    affgraph_to_seg,
+    malis_loss2d,
+    malis_loss3d,
+    malis_weights,
+    mknhood2d,
+    mknhood3d,
+    seg_to_affgraph,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CombinedLoss",
+    "DiceLoss",
+    "MalisLoss",
     "PerChannelBCEWithLogitsLoss",
     "WeightedBCEWithLogitsLoss",
-    "register_loss",
-    "DiceLoss",
+    "affgraph_to_seg",
     "functional",
+    "malis_loss2d",
+    "malis_loss3d",
+    "malis_weights",
+    "mknhood2d",
+    "mknhood3d",
+    "register_loss",
+    "seg_to_affgraph",
 ]

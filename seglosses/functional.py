@@ -126,3 +126,10 @@ def dice_loss(
         return per_sample.sum()
     total = per_sample.sum()
     return total / max(x.shape[0], 1) if reduction == "mean" else total
+
+
+# MALIS lives in seglosses/malis.py (it needs the nhood helpers); re-exported here so that every
+# loss has a functional form in one namespace. Imported last: malis.py imports this module's deps.
+from .malis import malis_loss, malis_weights  # noqa: E402
+
+__all__ += ["malis_loss", "malis_weights"]
