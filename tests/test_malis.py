@@ -202,6 +202,21 @@ def test_counts_match_oracle(seed):
         np.testing.assert_allclose(w.numpy(), ref_w, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_counts_match_oracle_medium(seed):
+    # ~180 voxels, long-range nhood, quantised and continuous predictions (oracle is O(V^2)).
+    rng = np.random.default_rng(100 + seed)
+    nhood = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, 0, 2], [0, -2, 1]] if seed % 2 else [[0, 1], [1, 0], [-2, 1]]
+    shape = (5, 6, 6) if seed % 2 else (12, 15)
+    seg = np.stack([random_seg(rng, shape, "blocky")])
+    pred = np.stack([random_pred(rng, (len(nhood),) + shape, seed < 2)]).astype(np.float32)
+    for constrained in (True, False):
+        pos, neg = counts(torch.from_numpy(pred), torch.from_numpy(seg), nhood, constrained=constrained)
+        rpos, rneg = malis_counts_ref_batch(pred, seg, nhood, constrained=constrained)
+        np.testing.assert_array_equal(pos, rpos)
+        np.testing.assert_array_equal(neg, rneg)
+
+
 def test_hand_worked_cases_through_api():
     pred = torch.tensor([[[[0.1, 0.9, 0.3, 0.8]]]])
     seg = torch.tensor([[[1, 1, 2, 2]]])
@@ -358,6 +373,9 @@ def test_invalid_edges_get_zero_weight():
             assert (arr[0, 1, :, :, 3:] == 0).all()    # x + 2 >= 5
             assert (arr[0, 2, :, :2] == 0).all()       # y - 2 < 0
             assert (arr[0, 2, :, :, 4] == 0).all()     # x + 1 >= 5
+    # an offset longer than the volume: the whole channel is invalid
+    w = seglosses.malis_weights(pred[:, :2], seg, [[0, 0, -10], [0, 1, 0]])
+    assert (w[:, 0] == 0).all() and float(w.sum()) > 0
 
 
 # --------------------------------------------------------------------------------------------------

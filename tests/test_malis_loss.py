@@ -165,6 +165,12 @@ def test_mask_never_changes_topology():
         k2 = np.broadcast_to(keep[:, :1], keep.shape)
         w = np.stack([normalize_ref(np.where(k, p, 0), np.where(k, n, 0)) for k, p, n in zip(k2, pos0, neg0)])
         close(got, w * (a - t) ** 2, rtol=1e-5)
+        # mask broadcast over the batch
+        mbatch = mask[:1]
+        got = seglosses.MalisLoss(reduction="none")(pred, target, mask=mbatch, gt_seg=gt_seg)
+        k3 = np.broadcast_to(keep[:1], keep.shape)
+        w = np.stack([normalize_ref(np.where(k, p, 0), np.where(k, n, 0)) for k, p, n in zip(k3, pos0, neg0)])
+        close(got, w * (a - t) ** 2, rtol=1e-5)
 
 
 def test_zero_offset_row_gets_zero_weight():
@@ -281,14 +287,17 @@ def test_crop_larger_than_volume_is_clamped():
               seglosses.MalisLoss()(pred, target, gt_seg=seg), rtol=1e-6)
 
 
-def test_crop_applies_to_mask_and_gt_seg():
+@pytest.mark.parametrize("mask_shape", ["full", "channel"])
+@pytest.mark.parametrize("seg_b1", [False, True])
+def test_crop_applies_to_mask_and_gt_seg(mask_shape, seg_b1):
     pred, target, seg = make_case(17, (5, 6), POS2, batch=2)
-    mask = (torch.rand(pred.shape, generator=torch.Generator().manual_seed(3)) < 0.7).float()
-    refs = crop_refs(pred, target, POS2, seg, (3, 3), mask=mask)
+    mshape = pred.shape if mask_shape == "full" else (2, 1, 5, 6)
+    mask = (torch.rand(mshape, generator=torch.Generator().manual_seed(3)) < 0.7).float()
+    refs = crop_refs(pred, target, POS2, seg, (3, 3), mask=torch.broadcast_to(mask, pred.shape))
     for seed in range(4):
         torch.manual_seed(seed)
         p = pred.clone().requires_grad_(True)
-        loss = seglosses.MalisLoss(malis_crop_size=3)(p, target, mask=mask, gt_seg=seg)
+        loss = seglosses.MalisLoss(malis_crop_size=3)(p, target, mask=mask, gt_seg=seg[:, None] if seg_b1 else seg)
         loss.backward()
         assert match_window(loss.detach(), p.grad, refs, pred.shape)
 
@@ -393,11 +402,11 @@ def test_empty_gives_zero_loss(shape, reduction):
     pred = torch.zeros(shape, requires_grad=True)
     target = torch.zeros(shape)
     loss = seglosses.MalisLoss(reduction=reduction)(pred, target)
-    assert loss.dim() == 0 and float(loss) == 0.0
+    assert loss.dim() == 0 and float(loss.detach()) == 0.0
     loss.backward()
     gt_seg = torch.zeros((shape[0],) + shape[2:], dtype=torch.int64)
     loss = seglosses.MalisLoss(reduction=reduction)(pred, target, gt_seg=gt_seg)
-    assert float(loss) == 0.0
+    assert float(loss.detach()) == 0.0
     per = seglosses.MalisLoss(reduction="none")(pred, target)
     assert per.shape == shape
 
