@@ -465,6 +465,20 @@ def test_parallel_equals_serial():
     assert torch.equal(c1[0], c2[0]) and torch.equal(c1[1], c2[1])
 
 
+def test_opcheck():
+    op = torch.ops.seglosses
+    g = torch.Generator().manual_seed(0)
+    pred = torch.rand(2, 3, 3, 4, 5, generator=g)
+    seg = torch.randint(0, 3, (2, 3, 4, 5), generator=g)
+    gt = (torch.rand(2, 3, 3, 4, 5, generator=g) > 0.5).float()
+    mask = (torch.rand(2, 3, 3, 4, 5, generator=g) > 0.2).float()
+    nh = [v for row in NN3 for v in row]
+    for args in [(pred, seg, None, None, nh, True), (pred, seg, gt, mask, nh, False)]:
+        torch.library.opcheck(op.malis_weights.default, args)
+        torch.library.opcheck(op.malis_counts.default, args)
+    torch.library.opcheck(op.connected_components.default, (pred, nh, 0.5, True))
+
+
 def test_weights_are_constants():
     pred = torch.rand(1, 3, 3, 3, 4, requires_grad=True)
     seg = torch.randint(0, 3, (1, 3, 3, 4))
