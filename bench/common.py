@@ -97,6 +97,17 @@ def reset_peak_rss() -> bool:
     return True
 
 
+def malloc_trim() -> None:
+    """Ask glibc to return free heap pages to the kernel (no-op elsewhere), so that RSS read
+    afterwards counts live memory, not allocator fragmentation."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakRSS:
     """Context manager measuring the peak RSS above the RSS at entry.
 

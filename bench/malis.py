@@ -49,11 +49,13 @@ What is timed, per call (constrained MALIS, normalised weights, gt affinities de
     Each time is seconds per sample; "speed-up vs malis 1.0" compares rows of the same
     threads/batch kind.
 
-Peak extra memory (batch-1 rows): a separate child started with ``common.MALLOC_ENV`` (glibc mmap
-threshold 64 KiB, so freed buffers leave the resident set) loads the data, runs one warm-up call
-(seglosses only; the slow peer gets none), resets the resident-set high-water mark via
-/proc/self/clear_refs and runs one call: VmHWM after - VmRSS before, including the returned weights.
-See ``bench/common.py`` for the method.
+Memory (batch-1 rows): a separate child started with ``common.MALLOC_ENV`` (glibc mmap threshold
+64 KiB, so freed buffers leave the resident set) loads the data, warms up on an 8^3 crop (code pages,
+lazy initialisation), resets the resident-set high-water mark via /proc/self/clear_refs and runs one
+full-size call. "peak extra" = VmHWM after - VmRSS before, including the returned weights;
+"kept after" = VmRSS once the weights are dropped - VmRSS before: scratch memory that the library
+keeps for its next call (seglosses keeps a per-thread workspace; so a warm-up at full size would hide
+its peak, hence the small one). See ``bench/common.py`` for the method.
 
 Sanity column: total positive and negative pair counts of sample 0 (seglosses with
 normalize=False; malis 1.0 from its per-edge count arrays, after zeroing the other class's edges).
@@ -143,10 +145,23 @@ _PEER = {}  # data and edge lists, set before the pool forks
 
 def _peer_sample(b: int):
     """Constrained MALIS weights of sample b with malis 1.0. Returns (weights, pos total, neg total)."""
+    return peer_weights(_PEER["malis"], _PEER["seg"][b], _PEER["affs"][b], _PEER["nhood"],
+                        _PEER["node1"], _PEER["node2"])
+
+
+def peer_edges(malis, shape, nhood):
+    """malis 1.0 edge lists for a volume shape, as the uint64 arrays malis_loss_weights takes."""
     import numpy as np
 
-    malis, seg, affs, nhood, node1, node2 = (_PEER[k] for k in ("malis", "seg", "affs", "nhood", "node1", "node2"))
-    seg_b, aff_b = seg[b], affs[b]
+    node1, node2 = malis.nodelist_like(tuple(shape), nhood)
+    return node1.astype(np.uint64).ravel(), node2.astype(np.uint64).ravel()
+
+
+def peer_weights(malis, seg_b, aff_b, nhood, node1, node2):
+    """Constrained MALIS weights of one sample [3, *] with malis 1.0 (the malis authors' two-pass
+    scheme). Returns (weights, pos total, neg total)."""
+    import numpy as np
+
     gt_affs = malis.seg_to_affgraph(seg_b, nhood)
     seg_flat = seg_b.astype(np.uint64).ravel()
     weights = np.zeros(aff_b.shape, dtype=np.float32)
@@ -182,17 +197,16 @@ def peer_child(mode: str, data_path: str, repeats: int) -> None:
     data = np.load(data_path)
     seg, affs = data["seg"], data["affs"]
     nhood = np.asarray(NHOOD, dtype=np.int32)
-    node1, node2 = malis.nodelist_like(seg.shape[1:], nhood)
-    _PEER.update(malis=malis, seg=seg, affs=affs, nhood=nhood,
-                 node1=node1.astype(np.uint64).ravel(), node2=node2.astype(np.uint64).ravel())
-    del node1, node2
+    node1, node2 = peer_edges(malis, seg.shape[1:], nhood)
+    _PEER.update(malis=malis, seg=seg, affs=affs, nhood=nhood, node1=node1, node2=node2)
     out = {"malis_file": malis.__file__, "numpy": np.__version__}
 
-    if mode == "mem":  # no warm-up: one call is all the slow peer gets
-        with common.PeakRSS() as meter:
-            _, pos, neg = _peer_sample(0)
-        out["extra_bytes"], out["mem_method"] = meter.extra_bytes, meter.method
-        common.emit_result(out)
+    if mode == "mem":
+        small = tuple(min(8, n) for n in seg.shape[1:])  # warm-up on a small crop: code, lazy init
+        sl = (slice(None),) + tuple(slice(0, n) for n in small)
+        peer_weights(malis, np.ascontiguousarray(seg[0][sl[1:]]), np.ascontiguousarray(affs[0][sl]), nhood,
+                     *peer_edges(malis, small, nhood))
+        measure_memory(out, lambda: _peer_sample(0))
         return
 
     times = []
@@ -220,6 +234,26 @@ def _peer_noop(_):
     return os.getpid()
 
 
+# ----------------------------------------------------------------------------- both sides
+
+def measure_memory(out: dict, call) -> None:
+    """Peak RSS of one ``call()`` above the RSS before it, and the RSS still held once its result
+    is dropped (scratch buffers a library keeps for the next call). Emits ``out``."""
+    import gc
+
+    gc.collect()
+    common.malloc_trim()
+    before = common.rss_bytes()
+    with common.PeakRSS() as meter:
+        result = call()
+    del result
+    gc.collect()
+    common.malloc_trim()
+    out["extra_bytes"], out["mem_method"] = meter.extra_bytes, meter.method
+    out["retained_bytes"] = max(0, common.rss_bytes() - before)
+    common.emit_result(out)
+
+
 # ----------------------------------------------------------------------------- seglosses side
 
 def seglosses_child(mode: str, data_path: str, repeats: int) -> None:
@@ -238,12 +272,9 @@ def seglosses_child(mode: str, data_path: str, repeats: int) -> None:
 
     torch.set_num_threads(1)
     if mode == "mem":
-        seglosses.malis_weights(p1, g1, NHOOD)  # warm-up
-        with common.PeakRSS() as meter:
-            w = seglosses.malis_weights(p1, g1, NHOOD)
-        out["extra_bytes"], out["mem_method"] = meter.extra_bytes, meter.method
-        out["weights_bytes"] = w.numel() * w.element_size()
-        common.emit_result(out)
+        sl = (slice(None), slice(None)) + tuple(slice(0, 8) for _ in range(p1.dim() - 2))
+        seglosses.malis_weights(p1[sl].contiguous(), g1[sl[:1] + sl[2:]].contiguous(), NHOOD)  # warm-up, small
+        measure_memory(out, lambda: seglosses.malis_weights(p1, g1, NHOOD))
         return
 
     out["t1"], out["t1_all"] = common.median_time(lambda: seglosses.malis_weights(p1, g1, NHOOD), repeats)
@@ -329,7 +360,7 @@ def main(argv=None) -> int:
             if "error" not in sl:
                 mem = common.run_child([me, "--child", "seglosses", "mem", path] + rep,
                                        env_extra=common.MALLOC_ENV, timeout=args.timeout)
-                sl["extra_bytes"] = mem.get("extra_bytes")
+                sl["extra_bytes"], sl["retained_bytes"] = mem.get("extra_bytes"), mem.get("retained_bytes")
                 methods.add(mem.get("mem_method", "-"))
             else:
                 print(f"  seglosses failed: {sl['error']}", file=sys.stderr, flush=True)
@@ -344,7 +375,7 @@ def main(argv=None) -> int:
                 else:
                     mem = common.run_child([me, "--child", "malis", "mem", path] + rep, python=args.peer_python,
                                            env_extra=common.MALLOC_ENV, timeout=args.timeout)
-                    peer["extra_bytes"] = mem.get("extra_bytes")
+                    peer["extra_bytes"], peer["retained_bytes"] = mem.get("extra_bytes"), mem.get("retained_bytes")
                     methods.add(mem.get("mem_method", "-"))
             os.remove(path)
 
@@ -356,21 +387,21 @@ def main(argv=None) -> int:
             def counts(d):
                 return f"pos {d['pos']}, neg {d['neg']}"
 
-            def mib(d):
-                return "-" if d.get("extra_bytes") is None else f"{d['extra_bytes'] / common.MIB:.1f}"
+            def mib(d, key="extra_bytes"):
+                return "-" if d.get(key) is None else f"{d[key] / common.MIB:.1f}"
 
             if "error" in sl:
-                rows.append([case, "seglosses", "-", "error", "-", "-", "-"])
+                rows.append([case, "seglosses", "-", "error", "-", "-", "-", "-"])
             else:
                 exact = "neg = expected" if sl["neg"] == exp_neg else "neg != expected!"
                 rows.append([case, "seglosses", "1 thread, batch 1", common.fmt_s(sl["t1"]), speedup("t1"),
-                             mib(sl), f"{counts(sl)} ({exact})"])
+                             mib(sl), mib(sl, "retained_bytes"), f"{counts(sl)} ({exact})"])
                 rows.append([case, "seglosses", "2 threads, batch 2", common.fmt_s(sl["t2"]), speedup("t2"),
-                             "-", "-"])
+                             "-", "-", "-"])
             if peer is None:
-                rows.append([case, "malis 1.0", "-", "skipped" if args.no_peer else "not installed", "-", "-", "-"])
+                rows.append([case, "malis 1.0", "-", "skipped" if args.no_peer else "not installed", "-", "-", "-", "-"])
             elif "error" in peer:
-                rows.append([case, "malis 1.0", "-", "error", "-", "-", "-"])
+                rows.append([case, "malis 1.0", "-", "error", "-", "-", "-", "-"])
             else:
                 if "error" not in sl:
                     same = (peer["pos"] == sl["pos"], peer["neg"] == sl["neg"])
@@ -380,9 +411,9 @@ def main(argv=None) -> int:
                 else:
                     tag = ""
                 rows.append([case, "malis 1.0", "1 process, batch 1", common.fmt_s(peer["t1"]), "1x",
-                             mib(peer), f"{counts(peer)} {tag}".strip()])
+                             mib(peer), mib(peer, "retained_bytes"), f"{counts(peer)} {tag}".strip()])
                 if "t2" in peer:
-                    rows.append([case, "malis 1.0", "2 processes, batch 2", common.fmt_s(peer["t2"]), "1x", "-", "-"])
+                    rows.append([case, "malis 1.0", "2 processes, batch 2", common.fmt_s(peer["t2"]), "1x", "-", "-", "-"])
             if "error" not in sl and size == 128:
                 notes.append(f"128^3, one core: {common.fmt_s(sl['t1'])} s per sample "
                              f"(goal <= 0.2 s: {'met' if sl['t1'] <= 0.2 else 'NOT met'})")
@@ -398,11 +429,12 @@ def main(argv=None) -> int:
 
     print()
     headers = ["size", "impl", "threads / batch", "s / sample", "speed-up vs malis 1.0",
-               "peak extra (MiB)", "sanity: pair counts of sample 0"]
+               "peak extra (MiB)", "kept after (MiB)", "sanity: pair counts of sample 0"]
     print(common.markdown_table(headers, rows))
     print()
-    print("Peak extra: peak RSS during one call for one sample (1 thread / 1 process) minus RSS with the "
-          f"data loaded, in a fresh process with glibc's mmap threshold at 64 KiB; method: "
+    print("Peak extra: peak RSS during the first full-size call for one sample (1 thread / 1 process) minus "
+          "RSS with the data loaded; kept after: RSS still held once the weights are freed. Fresh process, "
+          "glibc mmap threshold 64 KiB, warm-up on an 8^3 crop; method: "
           f"{', '.join(sorted(methods)) or '-'}. It includes the returned weights, float32 [3, s, s, s] = "
           f"{', '.join(f'{12 * s**3 / common.MIB:.1f} MiB at {s}^3' for s in sizes)}.")
     for n in notes:
