@@ -17,7 +17,7 @@ class DiceLoss(nn.Module):
 
     Args:
         weight: K class weights (``sum_c w_c L_bc``, not renormalised); ``None`` averages over
-            the classes that count. Stored as a buffer, so it follows ``.to()``.
+            the classes that count. Kept exactly as given (not cast by ``.half()`` / ``.to()``).
         ignore_channel: a class left out of the loss; outside ``[0, K)`` it has no effect.
         ignore_label: voxels with this label contribute no loss and no gradient.
         smooth: added to the numerator and the denominator.
@@ -46,7 +46,9 @@ class DiceLoss(nn.Module):
     ) -> None:
         super().__init__()
         check_dice_options("DiceLoss", weight, ignore_channel, ignore_label, smooth, p, reduction)
-        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float64))
+        # A tuple of Python floats, not a buffer: exact whatever .half() / .to() do to the module;
+        # dice_loss puts it on the sums' dtype and device.
+        self.weight = None if weight is None else tuple(torch.as_tensor(weight, dtype=torch.float64).flatten().tolist())
         self.ignore_channel = ignore_channel
         self.ignore_label = ignore_label
         self.smooth = smooth

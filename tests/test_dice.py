@@ -442,6 +442,18 @@ def test_module_is_nn_module_and_weight_tensor():
     assert_close(g, ref_g, rtol=1e-6, atol_frac=1e-6)
 
 
+def test_module_weight_survives_half_and_to():
+    """Casting the module (as a mixed-precision model does) must not round the class weights."""
+    w = [0.1234567891, 0.5, 1.3]
+    m = seglosses.DiceLoss(weight=torch.tensor(w, dtype=torch.float64)).half().to(torch.bfloat16)
+    assert m.weight == tuple(w)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    y = make_labels(2, 3, (5, 6))
+    loss, _ = value_and_grad(m, x, y)
+    ref_loss, _ = ref_value_and_grad(x, y, weight=w)
+    assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------- memory
 
 

@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -97,40 +98,47 @@ inline uint32_t descending_key(float f) {
   return ~u;
 }
 
-// Stable LSD radix sort of items by their upper 32 bits (the key); the low 32 bits (the edge
-// index) ride along. Passes whose digit is the same for every item are skipped.
-void radix_sort_by_key(uint64_t* items, int64_t n, std::vector<uint64_t>& tmp) {
-  constexpr int kBits[3] = {11, 11, 10};
-  constexpr int kShift[3] = {32, 43, 54};
+// Stable LSD radix sort of n items by their upper 32 bits (the key), kDigit bits per pass; the low
+// 32 bits (the edge payload) ride along. Passes whose digit is the same for every item are
+// skipped. tmp holds n items of scratch; the result is left in items.
+template <int kDigit>
+void radix_sort_by_key(uint64_t* items, int64_t n, uint64_t* tmp) {
+  constexpr int kBuckets = 1 << kDigit;
+  constexpr int kPasses = (32 + kDigit - 1) / kDigit;
   if (n < 2) return;
-  if (static_cast<int64_t>(tmp.size()) < n) tmp.resize(n);
-  std::vector<uint32_t> hist(3 * 2048, 0);
+  uint32_t hist[kPasses][kBuckets] = {};
   for (int64_t i = 0; i < n; ++i) {
-    const uint64_t k = items[i];
-    hist[(k >> 32) & 2047]++;
-    hist[2048 + ((k >> 43) & 2047)]++;
-    hist[4096 + ((k >> 54) & 1023)]++;
+    const uint32_t k = static_cast<uint32_t>(items[i] >> 32);
+    for (int pass = 0; pass < kPasses; ++pass) hist[pass][(k >> (kDigit * pass)) & (kBuckets - 1)]++;
   }
   uint64_t* src = items;
-  uint64_t* dst = tmp.data();
-  for (int pass = 0; pass < 3; ++pass) {
-    uint32_t* h = hist.data() + pass * 2048;
-    const uint32_t mask = (1u << kBits[pass]) - 1;
-    const int shift = kShift[pass];
-    if (h[(src[0] >> shift) & mask] == static_cast<uint32_t>(n)) continue;  // one bucket: no-op pass
+  uint64_t* dst = tmp;
+  for (int pass = 0; pass < kPasses; ++pass) {
+    uint32_t* pos = hist[pass];
+    const int shift = 32 + kDigit * pass;
+    if (pos[(src[0] >> shift) & (kBuckets - 1)] == static_cast<uint32_t>(n)) continue;  // one bucket
     uint32_t sum = 0;
-    for (uint32_t b = 0; b <= mask; ++b) {
-      const uint32_t c = h[b];
-      h[b] = sum;
+    for (int b = 0; b < kBuckets; ++b) {
+      const uint32_t c = pos[b];
+      pos[b] = sum;
       sum += c;
     }
     for (int64_t i = 0; i < n; ++i) {
       const uint64_t k = src[i];
-      dst[h[(k >> shift) & mask]++] = k;
+      dst[pos[(k >> shift) & (kBuckets - 1)]++] = k;
     }
     std::swap(src, dst);
   }
   if (src != items) std::memcpy(items, src, static_cast<size_t>(n) * sizeof(uint64_t));
+}
+
+// Sorts n items by key: 11-bit digits for large arrays, bytes for small (cache-resident) ones.
+void sort_by_key(uint64_t* items, int64_t n, uint64_t* tmp) {
+  if (n > (int64_t(1) << 12)) {
+    radix_sort_by_key<11>(items, n, tmp);
+  } else {
+    radix_sort_by_key<8>(items, n, tmp);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -141,37 +149,44 @@ struct Merge {
   uint64_t pos, neg;
 };
 
+// Union-find over voxels with the label data of each component. The state of a voxel is one
+// 16-byte node, so finding a root and reading its label data touch one cache line.
 class Components {
  public:
-  Components(int64_t V, const int64_t* seg) : parent_(V), size_(V, 1), nlab_(V), lab_(V) {
-    for (int64_t v = 0; v < V; ++v) {
-      parent_[v] = static_cast<uint32_t>(v);
-      lab_[v] = seg[v];
-      nlab_[v] = seg[v] != 0;
-    }
+  struct Node {
+    uint32_t parent;
+    uint32_t size;  // voxels (union by size)
+    uint32_t nlab;  // labelled voxels
+    int32_t lab;    // > 0: the only label (dense id); 0: no labelled voxel; < 0: -(histogram + 1)
+  };
+
+  Components(int64_t V, const int32_t* seg, Node* storage) : nodes_(storage) {
+    for (int64_t v = 0; v < V; ++v) nodes_[v] = {static_cast<uint32_t>(v), 1u, seg[v] != 0 ? 1u : 0u, seg[v]};
   }
 
   uint32_t find(uint32_t x) {
-    while (parent_[x] != x) {
-      parent_[x] = parent_[parent_[x]];
-      x = parent_[x];
+    while (nodes_[x].parent != x) {
+      const uint32_t gp = nodes_[nodes_[x].parent].parent;
+      nodes_[x].parent = gp;
+      x = gp;
     }
     return x;
   }
 
-  const uint32_t* parent_data() const { return parent_.data(); }
+  const Node* data() const { return nodes_; }
 
-  uint64_t labelled(uint32_t r) const { return nlab_[r]; }
+  uint64_t labelled(uint32_t r) const { return nodes_[r].nlab; }
 
   // sum_l hA[l] hB[l] for roots a != b.
   uint64_t same_label_pairs(uint32_t a, uint32_t b) const {
-    if (nlab_[a] == 0 || nlab_[b] == 0) return 0;
-    const int64_t la = lab_[a], lb = lab_[b];
-    if (la > 0 && lb > 0) return la == lb ? uint64_t(nlab_[a]) * nlab_[b] : 0;
-    if (la > 0) return uint64_t(nlab_[a]) * count(hists_[hist_index(lb)], la);
-    if (lb > 0) return uint64_t(nlab_[b]) * count(hists_[hist_index(la)], lb);
-    const Hist& ha = hists_[hist_index(la)];
-    const Hist& hb = hists_[hist_index(lb)];
+    const Node& A = nodes_[a];
+    const Node& B = nodes_[b];
+    if (A.nlab == 0 || B.nlab == 0) return 0;
+    if (A.lab > 0 && B.lab > 0) return A.lab == B.lab ? uint64_t(A.nlab) * B.nlab : 0;
+    if (A.lab > 0) return uint64_t(A.nlab) * count(hists_[hist_index(B.lab)], A.lab);
+    if (B.lab > 0) return uint64_t(B.nlab) * count(hists_[hist_index(A.lab)], B.lab);
+    const Hist& ha = hists_[hist_index(A.lab)];
+    const Hist& hb = hists_[hist_index(B.lab)];
     const Hist& small = ha.size() <= hb.size() ? ha : hb;
     const Hist& large = ha.size() <= hb.size() ? hb : ha;
     uint64_t total = 0;
@@ -181,151 +196,172 @@ class Components {
 
   // Joins roots a != b (union by size) and merges their label data into the new root.
   void unite(uint32_t a, uint32_t b) {
-    if (size_[a] < size_[b]) std::swap(a, b);  // a: the new root
-    parent_[b] = a;
-    size_[a] += size_[b];
-    if (nlab_[b] == 0) return;
-    if (nlab_[a] == 0) {
-      lab_[a] = lab_[b];
-      nlab_[a] = nlab_[b];
+    if (nodes_[a].size < nodes_[b].size) std::swap(a, b);  // a: the new root
+    Node& A = nodes_[a];
+    Node& B = nodes_[b];
+    B.parent = a;
+    A.size += B.size;
+    if (B.nlab == 0) return;
+    if (A.nlab == 0) {
+      A.lab = B.lab;
+      A.nlab = B.nlab;
       return;
     }
-    const int64_t la = lab_[a], lb = lab_[b];
-    if (la > 0 && lb > 0) {
-      if (la != lb) {
-        const int64_t h = new_hist();
-        hists_[h][la] = nlab_[a];
-        hists_[h][lb] = nlab_[b];
-        lab_[a] = -(h + 1);
+    if (A.lab > 0 && B.lab > 0) {
+      if (A.lab != B.lab) {
+        const int32_t h = new_hist();
+        hists_[h][A.lab] = A.nlab;
+        hists_[h][B.lab] = B.nlab;
+        A.lab = -(h + 1);
       }
-    } else if (la > 0) {  // b holds a histogram
-      hists_[hist_index(lb)][la] += nlab_[a];
-      lab_[a] = lb;
-    } else if (lb > 0) {
-      hists_[hist_index(la)][lb] += nlab_[b];
+    } else if (A.lab > 0) {  // B holds a histogram
+      hists_[hist_index(B.lab)][A.lab] += A.nlab;
+      A.lab = B.lab;
+    } else if (B.lab > 0) {
+      hists_[hist_index(A.lab)][B.lab] += B.nlab;
     } else {  // merge the smaller histogram into the larger
-      int64_t ha = hist_index(la), hb = hist_index(lb);
+      int32_t ha = hist_index(A.lab), hb = hist_index(B.lab);
       if (hists_[ha].size() < hists_[hb].size()) std::swap(ha, hb);
       for (const auto& kv : hists_[hb]) hists_[ha][kv.first] += kv.second;
       Hist().swap(hists_[hb]);
       free_.push_back(hb);
-      lab_[a] = -(ha + 1);
+      A.lab = -(ha + 1);
     }
-    nlab_[a] += nlab_[b];
+    A.nlab += B.nlab;
   }
 
  private:
-  using Hist = std::unordered_map<int64_t, uint32_t>;
+  using Hist = std::unordered_map<int32_t, uint32_t>;
 
-  static int64_t hist_index(int64_t lab) { return -lab - 1; }
-  static uint32_t count(const Hist& h, int64_t label) {
+  static int32_t hist_index(int32_t lab) { return -lab - 1; }
+  static uint32_t count(const Hist& h, int32_t label) {
     const auto it = h.find(label);
     return it == h.end() ? 0u : it->second;
   }
-  int64_t new_hist() {
+  int32_t new_hist() {
     if (!free_.empty()) {
-      const int64_t h = free_.back();
+      const int32_t h = free_.back();
       free_.pop_back();
       return h;
     }
     hists_.emplace_back();
-    return static_cast<int64_t>(hists_.size()) - 1;
+    return static_cast<int32_t>(hists_.size()) - 1;
   }
 
-  std::vector<uint32_t> parent_, size_, nlab_;
-  std::vector<int64_t> lab_;  // > 0: the only label; 0: no labelled voxel; < 0: -(histogram + 1)
+  Node* nodes_;
   std::vector<Hist> hists_;
-  std::vector<int64_t> free_;
+  std::vector<int32_t> free_;
 };
 
+// A grow-only buffer of trivially copyable T, left uninitialised.
+template <typename T>
+class Buffer {
+ public:
+  T* get(int64_t n) {
+    if (n > cap_) {
+      data_.reset(new T[static_cast<size_t>(n)]);
+      cap_ = n;
+    }
+    return data_.get();
+  }
+
+ private:
+  std::unique_ptr<T[]> data_;
+  int64_t cap_ = 0;
+};
+
+// Per-thread scratch, reused across calls: a training loop calls MALIS on same-sized volumes
+// every step, and fresh buffers would cost a page fault per 4 KiB touched.
+struct Workspace {
+  Buffer<uint64_t> items, tmp;
+  Buffer<Merge> merges;
+  Buffer<Components::Node> nodes;
+};
+
+Workspace& workspace() {
+  thread_local Workspace ws;
+  return ws;
+}
+
 struct SampleResult {
-  std::vector<Merge> merges;  // merging edges with a non-zero count and not masked out
+  const Merge* merges = nullptr;  // merging edges with a non-zero count and not masked out
+  int64_t n_merges = 0;
   uint64_t total_pos = 0, total_neg = 0;
 };
 
-// Finds the edge's channel without a division: e = c * V + v.
-inline uint32_t edge_channel(uint32_t e, int64_t V, double inv_V, int64_t C) {
-  int64_t c = static_cast<int64_t>(static_cast<double>(e) * inv_V);
-  if (c >= C) c = C - 1;
-  while (c > 0 && c * V > int64_t(e)) --c;
-  while ((c + 1) * V <= int64_t(e)) ++c;
-  return static_cast<uint32_t>(c);
+// Edge payload in the sort items: c * 2^shift + v with 2^shift >= V, so the channel is a shift
+// and the voxel a mask (no division in the sweep). The payload is increasing in (c, v), like the
+// flat edge index c * V + v, so it keeps the tie order; it is not used as a sort key anyway.
+inline int payload_shift(int64_t V) {
+  int shift = 0;
+  while ((int64_t(1) << shift) < V) ++shift;
+  return shift;
 }
 
+// Raises if a prediction is NaN or infinite: a vectorised test of the exponent bits first, the
+// search for the value to report only when it fails.
 template <typename scalar_t>
-SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int64_t* seg, const bool* gt,
-                          const bool* mask, bool constrained, int64_t sample) {
-  const int64_t V = g.V, C = g.C, E = C * V;
-  for (int64_t e = 0; e < E; ++e) {
-    const float f = static_cast<float>(pred[e]);
+void check_finite(const scalar_t* pred, int64_t n, int64_t sample) {
+  uint32_t bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (int64_t i = 0; i < n; ++i) {
+    const float f = static_cast<float>(pred[i]);
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    bad |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+  }
+  if (!bad) return;
+  for (int64_t i = 0; i < n; ++i) {
+    const float f = static_cast<float>(pred[i]);
     TORCH_CHECK_VALUE(std::isfinite(f), "malis_weights: pred_affs must be finite, got ", f, " in sample ", sample,
-                      " at flat index ", e);
+                      " at flat index ", i);
   }
-  for (int64_t v = 0; v < V; ++v) {
-    TORCH_CHECK_VALUE(seg[v] >= 0, "malis_weights: gt_seg labels must be >= 0, got ", seg[v], " in sample ", sample);
-  }
+}
 
-  // 1. Keys of the valid edges: GT-1 group at the front, GT-0 group at the back (filled backwards,
-  //    then reversed, so both groups are in index order before the stable sort).
-  int64_t n_valid = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    int64_t n = 1;
-    for (int d = 0; d < 3; ++d) n *= std::max<int64_t>(0, g.hi[c * 3 + d] - g.lo[c * 3 + d]);
-    n_valid += n;
-  }
-  std::vector<uint64_t> items(static_cast<size_t>(n_valid));
-  int64_t front = 0, back = n_valid;
-  for (int64_t c = 0; c < C; ++c) {
-    const int64_t base = c * V;
-    for_each_edge(g, c, [&](int64_t v, int64_t u) {
-      const int64_t e = base + v;
-      const uint64_t item = (uint64_t(descending_key(static_cast<float>(pred[e]))) << 32) | uint64_t(e);
-      const bool gt1 = gt != nullptr ? gt[e] : (seg[v] != 0 && seg[v] == seg[u]);
-      if (!constrained || gt1) {
-        items[front++] = item;
-      } else {
-        items[--back] = item;
-      }
-    });
-  }
-  std::reverse(items.begin() + back, items.end());
-  const int64_t n_first = front;  // GT-1 edges (constrained) or all edges
+// Phase-1 edges are grouped into parts by a hash of their label. When every GT-1 edge joins two
+// voxels of the same label (always so when the GT affinities come from gt_seg), no GT-1 edge
+// crosses parts, so Kruskal on the GT-1 edges runs independently inside each part and the parts can
+// be swept one after the other: each part's sort and union-find work stay in cache.
+constexpr int kPartBits = 12;
+constexpr uint32_t kParts = 1u << kPartBits;
 
-  // 2. Sort each group by prediction, descending.
-  std::vector<uint64_t> tmp;
-  radix_sort_by_key(items.data(), n_first, tmp);
-  radix_sort_by_key(items.data() + n_first, n_valid - n_first, tmp);
-  std::vector<uint64_t>().swap(tmp);
+inline uint32_t part_of(int32_t label) {
+  return (static_cast<uint32_t>(label) * 2654435761u) >> (32 - kPartBits);
+}
 
-  // 3. Kruskal sweep.
-  SampleResult res;
-  Components comp(V, seg);
-  int64_t n_components = V;
-  const double inv_V = 1.0 / static_cast<double>(V);
-  constexpr int64_t kPrefetch = 8;
-  const uint32_t* parent = comp.parent_data();
-  for (int64_t i = 0; i < n_valid && n_components > 1; ++i) {
-    if (i + kPrefetch < n_valid) {
-      const uint32_t ef = static_cast<uint32_t>(items[i + kPrefetch]);
-      const uint32_t cf = edge_channel(ef, V, inv_V, C);
-      const int64_t vf = int64_t(ef) - int64_t(cf) * V;
-      __builtin_prefetch(parent + vf);
-      __builtin_prefetch(parent + vf + g.delta[cf]);
+// The Kruskal sweep over items (sorted) of one group; first_group: GT-1 edges (constrained).
+void sweep(Components& comp, const Geometry& g, const uint64_t* items, int64_t n, int shift, const bool* mask,
+           bool constrained, bool first_group, int64_t& n_components, Merge* merges, SampleResult& res) {
+  const int64_t V = g.V;
+  const uint32_t vmask = static_cast<uint32_t>((uint64_t(1) << shift) - 1);
+  const Components::Node* nodes = comp.data();
+  constexpr int64_t kFar = 16, kNear = 8;  // prefetch distances: endpoints, then their parents
+  for (int64_t i = 0; i < n && n_components > 1; ++i) {
+    if (i + kFar < n) {
+      const uint32_t pf = static_cast<uint32_t>(items[i + kFar]);
+      const uint32_t vf = pf & vmask;
+      __builtin_prefetch(nodes + vf);
+      __builtin_prefetch(nodes + vf + g.delta[pf >> shift]);
     }
-    const uint32_t e = static_cast<uint32_t>(items[i]);
-    const uint32_t c = edge_channel(e, V, inv_V, C);
-    const int64_t v = int64_t(e) - int64_t(c) * V;
-    const uint32_t a = comp.find(static_cast<uint32_t>(v));
+    if (i + kNear < n) {
+      const uint32_t pn = static_cast<uint32_t>(items[i + kNear]);
+      const uint32_t vn = pn & vmask;
+      __builtin_prefetch(nodes + nodes[vn].parent);
+      __builtin_prefetch(nodes + nodes[vn + g.delta[pn >> shift]].parent);
+    }
+    const uint32_t payload = static_cast<uint32_t>(items[i]);
+    const uint32_t c = payload >> shift, v = payload & vmask;
+    const uint32_t a = comp.find(v);
     const uint32_t b = comp.find(static_cast<uint32_t>(v + g.delta[c]));
     if (a == b) continue;
     const uint64_t na = comp.labelled(a), nb = comp.labelled(b);
+    const int64_t e = int64_t(c) * V + v;
     if (na != 0 && nb != 0 && (mask == nullptr || mask[e])) {
       const uint64_t same = comp.same_label_pairs(a, b);
-      const bool first_group = i < n_first;
       const uint64_t pos = (!constrained || first_group) ? same : 0;
       const uint64_t neg = (!constrained || !first_group) ? na * nb - same : 0;
       if (pos != 0 || neg != 0) {
-        res.merges.push_back({e, pos, neg});
+        merges[res.n_merges++] = {static_cast<uint32_t>(e), pos, neg};
         res.total_pos += pos;
         res.total_neg += neg;
       }
@@ -333,6 +369,77 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int64_t
     comp.unite(a, b);
     --n_components;
   }
+}
+
+template <typename scalar_t>
+SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t* seg, const bool* gt,
+                          const bool* mask, bool constrained, int64_t sample) {
+  const int64_t V = g.V, C = g.C, E = C * V;
+  check_finite(pred, E, sample);
+
+  // 1. Keys of the valid edges, in index order: GT-1 edges (constrained; all edges otherwise) to
+  //    the front with their part, GT-0 edges to the back (filled backwards, then reversed).
+  int64_t n_valid = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    int64_t n = 1;
+    for (int d = 0; d < 3; ++d) n *= std::max<int64_t>(0, g.hi[c * 3 + d] - g.lo[c * 3 + d]);
+    n_valid += n;
+  }
+  const int shift = payload_shift(V);
+  Workspace& ws = workspace();
+  uint64_t* items = ws.items.get(n_valid);
+  uint64_t* tmp = ws.tmp.get(n_valid);
+  std::vector<int64_t> part_start(kParts + 1, 0);
+  bool parts_ok = constrained;  // no GT-1 edge crosses parts
+  int64_t front = 0, back = n_valid;
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* pc = pred + c * V;
+    const bool* gc = gt != nullptr ? gt + c * V : nullptr;
+    const uint64_t cbits = uint64_t(c) << shift;
+    for_each_edge(g, c, [&](int64_t v, int64_t u) {
+      const uint64_t item = (uint64_t(descending_key(static_cast<float>(pc[v]))) << 32) | cbits | uint64_t(v);
+      if (!constrained) {
+        items[front++] = item;
+      } else if (gc == nullptr ? (seg[v] != 0 && seg[v] == seg[u]) : gc[v]) {
+        const uint32_t pv = part_of(seg[v]);
+        if (gc != nullptr) parts_ok = parts_ok && pv == part_of(seg[u]);
+        part_start[pv + 1]++;
+        items[front++] = item;
+      } else {
+        items[--back] = item;
+      }
+    });
+  }
+  std::reverse(items + back, items + n_valid);
+  const int64_t n_first = front;
+
+  // 2. Sort. Group 1 by part (a stable counting sort; an item's part is recomputed from the label
+  //    of its voxel), then each part by key; group 2 by key.
+  const uint32_t vmask = static_cast<uint32_t>((uint64_t(1) << shift) - 1);
+  uint64_t* first = items;
+  if (parts_ok && n_first > 0) {
+    for (uint32_t p = 0; p < kParts; ++p) part_start[p + 1] += part_start[p];
+    std::vector<int64_t> fill(part_start.begin(), part_start.end() - 1);
+    for (int64_t i = 0; i < n_first; ++i) tmp[fill[part_of(seg[static_cast<uint32_t>(items[i]) & vmask])]++] = items[i];
+    for (uint32_t p = 0; p < kParts; ++p) {
+      const int64_t lo = part_start[p];
+      sort_by_key(tmp + lo, part_start[p + 1] - lo, items + lo);
+    }
+    first = tmp;
+  } else {
+    sort_by_key(items, n_first, tmp);
+  }
+  sort_by_key(items + n_first, n_valid - n_first, tmp + n_first);
+
+  // 3. The sweep: group 1 then group 2.
+  SampleResult res;
+  Merge* merges = ws.merges.get(std::max<int64_t>(1, std::min<int64_t>(V, n_valid)));
+  res.merges = merges;
+  Components comp(V, seg, ws.nodes.get(V));
+  int64_t n_components = V;
+  sweep(comp, g, first, n_first, shift, mask, constrained, /*first_group=*/true, n_components, merges, res);
+  sweep(comp, g, items + n_first, n_valid - n_first, shift, mask, constrained, /*first_group=*/false, n_components,
+        merges, res);
   return res;
 }
 
@@ -340,10 +447,23 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int64_t
 // Op entry points
 // ---------------------------------------------------------------------------------------------
 struct Inputs {
-  at::Tensor pred, seg, gt, mask;  // contiguous; gt / mask bool or undefined
+  at::Tensor pred, seg, gt, mask;  // contiguous; seg int32 (dense_labels); gt / mask bool or undefined
   Geometry g;
   int64_t B = 0;
 };
+
+// Labels as int32 with the same equalities and the same zeros: the values themselves when they fit,
+// else their rank among the sample's distinct labels.
+at::Tensor dense_labels(const char* op, const at::Tensor& seg) {
+  if (seg.numel() == 0) return seg.to(at::kInt).contiguous();
+  const auto range = at::aminmax(seg);
+  const int64_t lo = std::get<0>(range).item<int64_t>();
+  TORCH_CHECK_VALUE(lo >= 0, op, ": gt_seg labels must be >= 0, got ", lo);
+  if (std::get<1>(range).item<int64_t>() <= std::numeric_limits<int32_t>::max()) return seg.to(at::kInt).contiguous();
+  const at::Tensor s = seg.to(at::kLong);
+  const at::Tensor inverse = std::get<1>(at::_unique(s.flatten(), /*sorted=*/true, /*return_inverse=*/true));
+  return (inverse + (lo == 0 ? 0 : 1)).to(at::kInt).view(s.sizes()).contiguous();
+}
 
 Inputs prepare(const char* op, const at::Tensor& pred, const at::Tensor& seg, const std::optional<at::Tensor>& gt_affs,
                const std::optional<at::Tensor>& mask, at::IntArrayRef nhood) {
@@ -359,9 +479,10 @@ Inputs prepare(const char* op, const at::Tensor& pred, const at::Tensor& seg, co
   Inputs in;
   in.B = pred.size(0);
   in.g = make_geometry(op, spatial, nhood, pred.size(1));
-  TORCH_CHECK_VALUE(in.g.C * in.g.V < (int64_t(1) << 32), op, ": at most 2^32 edges per sample, got ", in.g.C * in.g.V);
   in.pred = pred.contiguous();
-  in.seg = seg.to(at::kLong).contiguous();
+  in.seg = dense_labels(op, seg);
+  TORCH_CHECK_VALUE(in.g.C <= (int64_t(1) << (32 - payload_shift(in.g.V))), op, ": ", in.g.C, " channels of ",
+                    in.g.V, " voxels are too many edges per sample");
   if (gt_affs.has_value() && gt_affs->defined()) {
     TORCH_CHECK_VALUE(gt_affs->sizes() == pred.sizes(), op, ": gt_affs must have pred_affs' shape ", pred.sizes(),
                       ", got ", gt_affs->sizes());
@@ -381,7 +502,7 @@ void run_batch(const Inputs& in, bool constrained, Write&& write) {
   const int64_t E = in.g.C * in.g.V;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "malis_weights_cpu", [&] {
     const scalar_t* pred = in.pred.const_data_ptr<scalar_t>();
-    const int64_t* seg = in.seg.const_data_ptr<int64_t>();
+    const int32_t* seg = in.seg.const_data_ptr<int32_t>();
     const bool* gt = in.gt.defined() ? in.gt.const_data_ptr<bool>() : nullptr;
     const bool* mask = in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr;
     at::parallel_for(0, in.B, 1, [&](int64_t begin, int64_t end) {
@@ -407,7 +528,10 @@ at::Tensor malis_weights_cpu(const at::Tensor& pred, const at::Tensor& seg, cons
     const double sp = r.total_pos ? 1.0 / static_cast<double>(r.total_pos) : 0.0;
     const double sn = r.total_neg ? 1.0 / static_cast<double>(r.total_neg) : 0.0;
     float* ob = out + b * E;
-    for (const Merge& m : r.merges) ob[m.edge] = static_cast<float>(double(m.pos) * sp + double(m.neg) * sn);
+    for (int64_t i = 0; i < r.n_merges; ++i) {
+      const Merge& m = r.merges[i];
+      ob[m.edge] = static_cast<float>(double(m.pos) * sp + double(m.neg) * sn);
+    }
   });
   return w;
 }
@@ -424,7 +548,8 @@ std::tuple<at::Tensor, at::Tensor> malis_counts_cpu(const at::Tensor& pred, cons
   int64_t* op = pos.mutable_data_ptr<int64_t>();
   int64_t* on = neg.mutable_data_ptr<int64_t>();
   run_batch(in, constrained, [&](int64_t b, const SampleResult& r) {
-    for (const Merge& m : r.merges) {
+    for (int64_t i = 0; i < r.n_merges; ++i) {
+      const Merge& m = r.merges[i];
       op[b * E + m.edge] = static_cast<int64_t>(m.pos);
       on[b * E + m.edge] = static_cast<int64_t>(m.neg);
     }
