@@ -11,6 +11,7 @@ Options:
     --repeats  timed repeats per (case, impl); the median is reported (default 5)
     --threads  torch.set_num_threads in every child (default: the usable cores)
     --impls    subset of seglosses,monai,onehot (default: all three)
+    --timeout  seconds allowed per child process (default 1800)
 
 What is measured, for float32 logits x [B, C, *] and int64 labels y [B, *] (random, seeded, the same
 in every process):
@@ -172,7 +173,12 @@ def main(argv=None) -> int:
         child(mode, parse_shape(shape), impl, args.repeats, args.threads)
         return 0
 
-    shapes = [parse_shape(s) for s in args.shapes.split(",") if s]
+    try:
+        shapes = [parse_shape(s) for s in args.shapes.split(",") if s]
+    except argparse.ArgumentTypeError as exc:
+        ap.error(f"--shapes: {exc}")
+    if not shapes:
+        ap.error("--shapes: no shape given")
     impls = [s for s in args.impls.split(",") if s]
     for impl in impls:
         if impl not in IMPLS:

@@ -15,6 +15,7 @@ Options:
     --seed          RNG seed of the data (default 0)
     --no-peer       skip malis 1.0
     --peer-python   interpreter that has malis 1.0 (default bench/.malis-venv/bin/python)
+    --timeout       seconds allowed per child process (default 3600)
 
 Data, per size s and sample (two samples, seeded with numpy's default_rng): a segmentation of
 ``--labels`` labels (1..n, no background) from a Voronoi diagram of uniformly random seed points
@@ -303,7 +304,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peer", action="store_true", help="skip malis 1.0")
     ap.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON,
                     help="python with malis 1.0 (default bench/.malis-venv/bin/python)")
-    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds for the malis 1.0 child")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per child process (default 3600)")
     ap.add_argument("--child", nargs=3, metavar=("IMPL", "MODE", "DATA_NPZ"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
