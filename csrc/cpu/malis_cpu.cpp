@@ -32,6 +32,7 @@
 
 #include "malis.h"
 
+
 namespace seglosses {
 namespace malis {
 namespace {
@@ -144,24 +145,34 @@ void sort_by_key(uint64_t* items, int64_t n, uint64_t* tmp) {
 // ---------------------------------------------------------------------------------------------
 // The sweep
 // ---------------------------------------------------------------------------------------------
+// A merging edge's count: same-label pairs (neg == 0) or different-label pairs (neg == 1). An
+// unconstrained merge with both counts writes two adjacent records.
 struct Merge {
+  uint64_t count;
   uint32_t edge;
-  uint64_t pos, neg;
+  uint32_t neg;
 };
 
-// Union-find over voxels with the label data of each component. The state of a voxel is one
-// 16-byte node, so finding a root and reading its label data touch one cache line.
+// Union-find over voxels (path halving, union by size) and the label data of each component.
+// The hot state of a voxel, parent and size, is one 8-byte node; the label data of a root — its
+// labelled-voxel count and its single label or histogram — sits in a second array, read only when
+// two components merge.
 class Components {
  public:
   struct Node {
     uint32_t parent;
-    uint32_t size;  // voxels (union by size)
+    uint32_t size;  // voxels
+  };
+  struct Info {
     uint32_t nlab;  // labelled voxels
     int32_t lab;    // > 0: the only label (dense id); 0: no labelled voxel; < 0: -(histogram + 1)
   };
 
-  Components(int64_t V, const int32_t* seg, Node* storage) : nodes_(storage) {
-    for (int64_t v = 0; v < V; ++v) nodes_[v] = {static_cast<uint32_t>(v), 1u, seg[v] != 0 ? 1u : 0u, seg[v]};
+  Components(int64_t V, const int32_t* seg, Node* nodes, Info* info) : nodes_(nodes), info_(info) {
+    for (int64_t v = 0; v < V; ++v) {
+      nodes_[v] = {static_cast<uint32_t>(v), 1u};
+      info_[v] = {seg[v] != 0 ? 1u : 0u, seg[v]};
+    }
   }
 
   uint32_t find(uint32_t x) {
@@ -173,14 +184,29 @@ class Components {
     return x;
   }
 
-  const Node* data() const { return nodes_; }
+  const Node* nodes() const { return nodes_; }
+  uint32_t size(uint32_t r) const { return nodes_[r].size; }
+  uint64_t labelled(uint32_t r) const { return info_[r].nlab; }
 
-  uint64_t labelled(uint32_t r) const { return nodes_[r].nlab; }
+  // Union by size of roots a != b without label bookkeeping: for sweeps in which every component
+  // holds voxels of one label only (see single_label_sweep); call restore_single_label_info after.
+  void link(uint32_t a, uint32_t b) {
+    if (nodes_[a].size < nodes_[b].size) std::swap(a, b);
+    nodes_[b].parent = a;
+    nodes_[a].size += nodes_[b].size;
+  }
+
+  // After link()-only merges of voxels that all carry the root's (non-zero) label.
+  void restore_single_label_info(int64_t V) {
+    for (int64_t v = 0; v < V; ++v) {
+      if (nodes_[v].parent == v && nodes_[v].size > 1) info_[v].nlab = nodes_[v].size;
+    }
+  }
 
   // sum_l hA[l] hB[l] for roots a != b.
   uint64_t same_label_pairs(uint32_t a, uint32_t b) const {
-    const Node& A = nodes_[a];
-    const Node& B = nodes_[b];
+    const Info& A = info_[a];
+    const Info& B = info_[b];
     if (A.nlab == 0 || B.nlab == 0) return 0;
     if (A.lab > 0 && B.lab > 0) return A.lab == B.lab ? uint64_t(A.nlab) * B.nlab : 0;
     if (A.lab > 0) return uint64_t(A.nlab) * count(hists_[hist_index(B.lab)], A.lab);
@@ -197,14 +223,13 @@ class Components {
   // Joins roots a != b (union by size) and merges their label data into the new root.
   void unite(uint32_t a, uint32_t b) {
     if (nodes_[a].size < nodes_[b].size) std::swap(a, b);  // a: the new root
-    Node& A = nodes_[a];
-    Node& B = nodes_[b];
-    B.parent = a;
-    A.size += B.size;
+    nodes_[b].parent = a;
+    nodes_[a].size += nodes_[b].size;
+    Info& A = info_[a];
+    Info& B = info_[b];
     if (B.nlab == 0) return;
     if (A.nlab == 0) {
-      A.lab = B.lab;
-      A.nlab = B.nlab;
+      A = B;
       return;
     }
     if (A.lab > 0 && B.lab > 0) {
@@ -249,6 +274,7 @@ class Components {
   }
 
   Node* nodes_;
+  Info* info_;
   std::vector<Hist> hists_;
   std::vector<int32_t> free_;
 };
@@ -276,6 +302,7 @@ struct Workspace {
   Buffer<uint64_t> items, tmp;
   Buffer<Merge> merges;
   Buffer<Components::Node> nodes;
+  Buffer<Components::Info> info;
 };
 
 Workspace& workspace() {
@@ -284,7 +311,7 @@ Workspace& workspace() {
 }
 
 struct SampleResult {
-  const Merge* merges = nullptr;  // merging edges with a non-zero count and not masked out
+  Merge* merges = nullptr;  // merging edges with a non-zero count and not masked out
   int64_t n_merges = 0;
   uint64_t total_pos = 0, total_neg = 0;
 };
@@ -319,9 +346,9 @@ void check_finite(const scalar_t* pred, int64_t n, int64_t sample) {
 }
 
 // Phase-1 edges are grouped into parts by a hash of their label. When every GT-1 edge joins two
-// voxels of the same label (always so when the GT affinities come from gt_seg), no GT-1 edge
-// crosses parts, so Kruskal on the GT-1 edges runs independently inside each part and the parts can
-// be swept one after the other: each part's sort and union-find work stay in cache.
+// voxels of the same non-zero label (always so when the GT affinities come from gt_seg), no GT-1
+// edge crosses parts, so Kruskal on the GT-1 edges runs independently inside each part and the
+// parts can be sorted and swept one after the other, each in cache.
 constexpr int kPartBits = 12;
 constexpr uint32_t kParts = 1u << kPartBits;
 
@@ -329,45 +356,89 @@ inline uint32_t part_of(int32_t label) {
   return (static_cast<uint32_t>(label) * 2654435761u) >> (32 - kPartBits);
 }
 
-// The Kruskal sweep over items (sorted) of one group; first_group: GT-1 edges (constrained).
-void sweep(Components& comp, const Geometry& g, const uint64_t* items, int64_t n, int shift, const bool* mask,
-           bool constrained, bool first_group, int64_t& n_components, Merge* merges, SampleResult& res) {
-  const int64_t V = g.V;
-  const uint32_t vmask = static_cast<uint32_t>((uint64_t(1) << shift) - 1);
-  const Components::Node* nodes = comp.data();
-  constexpr int64_t kFar = 16, kNear = 8;  // prefetch distances: endpoints, then their parents
-  for (int64_t i = 0; i < n && n_components > 1; ++i) {
-    if (i + kFar < n) {
-      const uint32_t pf = static_cast<uint32_t>(items[i + kFar]);
-      const uint32_t vf = pf & vmask;
-      __builtin_prefetch(nodes + vf);
-      __builtin_prefetch(nodes + vf + g.delta[pf >> shift]);
-    }
-    if (i + kNear < n) {
-      const uint32_t pn = static_cast<uint32_t>(items[i + kNear]);
-      const uint32_t vn = pn & vmask;
-      __builtin_prefetch(nodes + nodes[vn].parent);
-      __builtin_prefetch(nodes + nodes[vn + g.delta[pn >> shift]].parent);
-    }
+// Stable scatter of items into their parts: part p occupies out[part_start[p], part_start[p+1]).
+void partition_by_part(const uint64_t* items, int64_t n, uint64_t* out, const int64_t* part_start, const int32_t* seg,
+                       uint32_t vmask) {
+  std::vector<int64_t> fill(part_start, part_start + kParts);
+  for (int64_t i = 0; i < n; ++i) out[fill[part_of(seg[static_cast<uint32_t>(items[i]) & vmask])]++] = items[i];
+}
+
+// Sweep state shared by the passes of one sample.
+struct SweepState {
+  const Geometry& g;
+  int shift;
+  uint32_t vmask;
+  const bool* mask;
+  SampleResult& res;
+  int64_t n_components;
+
+  void record(int64_t e, uint64_t pos, uint64_t neg) {
+    if (mask != nullptr && !mask[e]) return;
+    if (pos != 0) res.merges[res.n_merges++] = {pos, static_cast<uint32_t>(e), 0};
+    if (neg != 0) res.merges[res.n_merges++] = {neg, static_cast<uint32_t>(e), 1};
+    res.total_pos += pos;
+    res.total_neg += neg;
+  }
+};
+
+// Prefetches the union-find nodes of the edges ahead: the endpoints kFar items ahead, their
+// parents kNear items ahead.
+inline void prefetch_ahead(const Components::Node* nodes, const Geometry& g, const uint64_t* items, int64_t i,
+                           int64_t n, int shift, uint32_t vmask) {
+  constexpr int64_t kFar = 16, kNear = 8;
+  if (i + kFar < n) {
+    const uint32_t pf = static_cast<uint32_t>(items[i + kFar]);
+    const uint32_t vf = pf & vmask;
+    __builtin_prefetch(nodes + vf);
+    __builtin_prefetch(nodes + vf + g.delta[pf >> shift]);
+  }
+  if (i + kNear < n) {
+    const uint32_t pn = static_cast<uint32_t>(items[i + kNear]);
+    const uint32_t vn = pn & vmask;
+    __builtin_prefetch(nodes + nodes[vn].parent);
+    __builtin_prefetch(nodes + nodes[vn + g.delta[pn >> shift]].parent);
+  }
+}
+
+// Kruskal over sorted GT-1 items whose every edge joins two voxels of the same non-zero label:
+// components stay single-label, so a merge joins size_a * size_b same-label pairs.
+void single_label_sweep(Components& comp, SweepState& st, const uint64_t* items, int64_t n) {
+  const Components::Node* nodes = comp.nodes();
+  const int64_t V = st.g.V;
+  for (int64_t i = 0; i < n; ++i) {
+    prefetch_ahead(nodes, st.g, items, i, n, st.shift, st.vmask);
     const uint32_t payload = static_cast<uint32_t>(items[i]);
-    const uint32_t c = payload >> shift, v = payload & vmask;
+    const uint32_t c = payload >> st.shift, v = payload & st.vmask;
     const uint32_t a = comp.find(v);
-    const uint32_t b = comp.find(static_cast<uint32_t>(v + g.delta[c]));
+    const uint32_t b = comp.find(static_cast<uint32_t>(v + st.g.delta[c]));
+    if (a == b) continue;
+    st.record(int64_t(c) * V + v, uint64_t(comp.size(a)) * comp.size(b), 0);
+    comp.link(a, b);
+    --st.n_components;
+  }
+}
+
+// Kruskal over sorted items with label histograms; first_group: GT-1 edges (constrained), which
+// count same-label pairs, else different-label pairs (or both, unconstrained).
+void sweep(Components& comp, SweepState& st, const uint64_t* items, int64_t n, bool constrained, bool first_group) {
+  const Components::Node* nodes = comp.nodes();
+  const int64_t V = st.g.V;
+  for (int64_t i = 0; i < n && st.n_components > 1; ++i) {
+    prefetch_ahead(nodes, st.g, items, i, n, st.shift, st.vmask);
+    const uint32_t payload = static_cast<uint32_t>(items[i]);
+    const uint32_t c = payload >> st.shift, v = payload & st.vmask;
+    const uint32_t a = comp.find(v);
+    const uint32_t b = comp.find(static_cast<uint32_t>(v + st.g.delta[c]));
     if (a == b) continue;
     const uint64_t na = comp.labelled(a), nb = comp.labelled(b);
-    const int64_t e = int64_t(c) * V + v;
-    if (na != 0 && nb != 0 && (mask == nullptr || mask[e])) {
+    if (na != 0 && nb != 0) {
       const uint64_t same = comp.same_label_pairs(a, b);
       const uint64_t pos = (!constrained || first_group) ? same : 0;
       const uint64_t neg = (!constrained || !first_group) ? na * nb - same : 0;
-      if (pos != 0 || neg != 0) {
-        merges[res.n_merges++] = {static_cast<uint32_t>(e), pos, neg};
-        res.total_pos += pos;
-        res.total_neg += neg;
-      }
+      if (pos != 0 || neg != 0) st.record(int64_t(c) * V + v, pos, neg);
     }
     comp.unite(a, b);
-    --n_components;
+    --st.n_components;
   }
 }
 
@@ -390,7 +461,9 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t
   uint64_t* items = ws.items.get(n_valid);
   uint64_t* tmp = ws.tmp.get(n_valid);
   std::vector<int64_t> part_start(kParts + 1, 0);
-  bool parts_ok = constrained;  // no GT-1 edge crosses parts
+  // Whether every GT-1 edge joins two voxels of one non-zero label: true when the GT affinities
+  // come from gt_seg; checked when they are given. Then phase 1 runs part by part.
+  bool single_label = constrained;
   int64_t front = 0, back = n_valid;
   for (int64_t c = 0; c < C; ++c) {
     const scalar_t* pc = pred + c * V;
@@ -401,9 +474,8 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t
       if (!constrained) {
         items[front++] = item;
       } else if (gc == nullptr ? (seg[v] != 0 && seg[v] == seg[u]) : gc[v]) {
-        const uint32_t pv = part_of(seg[v]);
-        if (gc != nullptr) parts_ok = parts_ok && pv == part_of(seg[u]);
-        part_start[pv + 1]++;
+        if (gc != nullptr) single_label = single_label && seg[v] != 0 && seg[v] == seg[u];
+        part_start[part_of(seg[v]) + 1]++;
         items[front++] = item;
       } else {
         items[--back] = item;
@@ -413,33 +485,28 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t
   std::reverse(items + back, items + n_valid);
   const int64_t n_first = front;
 
-  // 2. Sort. Group 1 by part (a stable counting sort; an item's part is recomputed from the label
-  //    of its voxel), then each part by key; group 2 by key.
-  const uint32_t vmask = static_cast<uint32_t>((uint64_t(1) << shift) - 1);
-  uint64_t* first = items;
-  if (parts_ok && n_first > 0) {
+  // 2 and 3. Sort and sweep. Group 1: by part (a stable counting sort; an item's part is
+  //    recomputed from the label of its voxel), then part after part, each sorted by key and swept
+  //    while it is in cache. Group 2: sorted by key and swept.
+  SampleResult res;
+  res.merges = ws.merges.get(std::max<int64_t>(1, 2 * std::min<int64_t>(V, n_valid)));
+  Components comp(V, seg, ws.nodes.get(V), ws.info.get(V));
+  SweepState st{g, shift, static_cast<uint32_t>((uint64_t(1) << shift) - 1), mask, res, V};
+  if (single_label && n_first > 0) {
     for (uint32_t p = 0; p < kParts; ++p) part_start[p + 1] += part_start[p];
-    std::vector<int64_t> fill(part_start.begin(), part_start.end() - 1);
-    for (int64_t i = 0; i < n_first; ++i) tmp[fill[part_of(seg[static_cast<uint32_t>(items[i]) & vmask])]++] = items[i];
+    partition_by_part(items, n_first, tmp, part_start.data(), seg, st.vmask);
     for (uint32_t p = 0; p < kParts; ++p) {
-      const int64_t lo = part_start[p];
-      sort_by_key(tmp + lo, part_start[p + 1] - lo, items + lo);
+      const int64_t lo = part_start[p], n = part_start[p + 1] - lo;
+      sort_by_key(tmp + lo, n, items + lo);
+      single_label_sweep(comp, st, tmp + lo, n);
     }
-    first = tmp;
+    comp.restore_single_label_info(V);
   } else {
     sort_by_key(items, n_first, tmp);
+    sweep(comp, st, items, n_first, constrained, /*first_group=*/true);
   }
   sort_by_key(items + n_first, n_valid - n_first, tmp + n_first);
-
-  // 3. The sweep: group 1 then group 2.
-  SampleResult res;
-  Merge* merges = ws.merges.get(std::max<int64_t>(1, std::min<int64_t>(V, n_valid)));
-  res.merges = merges;
-  Components comp(V, seg, ws.nodes.get(V));
-  int64_t n_components = V;
-  sweep(comp, g, first, n_first, shift, mask, constrained, /*first_group=*/true, n_components, merges, res);
-  sweep(comp, g, items + n_first, n_valid - n_first, shift, mask, constrained, /*first_group=*/false, n_components,
-        merges, res);
+  sweep(comp, st, items + n_first, n_valid - n_first, constrained, /*first_group=*/false);
   return res;
 }
 
@@ -530,7 +597,9 @@ at::Tensor malis_weights_cpu(const at::Tensor& pred, const at::Tensor& seg, cons
     float* ob = out + b * E;
     for (int64_t i = 0; i < r.n_merges; ++i) {
       const Merge& m = r.merges[i];
-      ob[m.edge] = static_cast<float>(double(m.pos) * sp + double(m.neg) * sn);
+      double w = double(m.count) * (m.neg ? sn : sp);
+      if (i + 1 < r.n_merges && r.merges[i + 1].edge == m.edge) w += double(r.merges[++i].count) * sn;
+      ob[m.edge] = static_cast<float>(w);
     }
   });
   return w;
@@ -550,8 +619,7 @@ std::tuple<at::Tensor, at::Tensor> malis_counts_cpu(const at::Tensor& pred, cons
   run_batch(in, constrained, [&](int64_t b, const SampleResult& r) {
     for (int64_t i = 0; i < r.n_merges; ++i) {
       const Merge& m = r.merges[i];
-      op[b * E + m.edge] = static_cast<int64_t>(m.pos);
-      on[b * E + m.edge] = static_cast<int64_t>(m.neg);
+      (m.neg ? on : op)[b * E + m.edge] = static_cast<int64_t>(m.count);
     }
   });
   return {pos, neg};
