@@ -25,6 +25,16 @@ namespace seglosses {
 namespace dice {
 namespace {
 
+// The tile loops are compiled twice, for AVX2 and for the x86-64 baseline (SSE2), and the loader
+// picks the clone the CPU supports (GCC function multi-versioning, an ifunc). AVX2 alone, without
+// FMA, so both clones round alike. Other compilers and platforms build the baseline only.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
+#define SEGLOSSES_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SEGLOSSES_CPU_CLONES
+#endif
+#define SEGLOSSES_ALWAYS_INLINE inline __attribute__((always_inline))
+
 constexpr int64_t kTile = 64;
 constexpr int64_t kChunk = 128 * kTile;  // voxels per chunk; fixed so results do not depend on threads
 
@@ -42,7 +52,7 @@ struct Tile {
 // Gathers logits and labels of voxels [v0, v0 + n) of one sample; returns the first bad label
 // seen (or records nothing). Padding voxels are marked ignored.
 template <typename scalar_t, typename label_t, typename acc_t>
-void load_tile(Tile<acc_t>& tl, const scalar_t* xb, const Layout& lx, const label_t* yb, const Layout& ly,
+SEGLOSSES_ALWAYS_INLINE void load_tile(Tile<acc_t>& tl, const scalar_t* xb, const Layout& lx, const label_t* yb, const Layout& ly,
                int64_t v0, int64_t n, int64_t K, int64_t ignore_label, bool& has_bad, int64_t& bad) {
   tl.n = n;
   for (int64_t c = 0; c < lx.C; ++c) {
@@ -62,7 +72,7 @@ void load_tile(Tile<acc_t>& tl, const scalar_t* xb, const Layout& lx, const labe
 
 // Softmax over the tile's C channels: afterwards x holds s_c (0 for ignored voxels).
 template <typename acc_t>
-void softmax_tile(Tile<acc_t>& tl, int64_t C) {
+SEGLOSSES_ALWAYS_INLINE void softmax_tile(Tile<acc_t>& tl, int64_t C) {
   acc_t* x = tl.x.data();
   acc_t* m = tl.m;
   acc_t* inv_z = tl.inv_z;
@@ -93,10 +103,56 @@ void softmax_tile(Tile<acc_t>& tl, int64_t C) {
   }
 }
 
+// Sums I, P, T ([3, K] at I) of voxels [v0, v1) of one sample.
+template <int PP, typename scalar_t, typename label_t, typename acc_t>
+SEGLOSSES_CPU_CLONES void sums_chunk(Tile<acc_t>& tl, const scalar_t* xb, const Layout& lx, const label_t* yb,
+                                     const Layout& ly, int64_t v0, int64_t v1, int64_t ignore_label, int p, acc_t* I,
+                                     bool& has_bad, int64_t& bad) {
+  const int64_t C = lx.C, K = num_classes_from_c(C);
+  acc_t* P = I + K;
+  acc_t* T = P + K;
+  for (int64_t vt = v0; vt < v1; vt += kTile) {
+    load_tile(tl, xb, lx, yb, ly, vt, std::min(kTile, v1 - vt), K, ignore_label, has_bad, bad);
+    const int32_t* cls = tl.cls;
+    if (C == 1) {
+      acc_t sP0 = 0, sP1 = 0, sI0 = 0, sI1 = 0, sT0 = 0, sT1 = 0;
+      const acc_t* xt = tl.x.data();
+#pragma omp simd reduction(+ : sP0, sP1, sI0, sI1, sT0, sT1)
+      for (int64_t t = 0; t < kTile; ++t) {
+        acc_t s0, s1;
+        sigmoid_pair(xt[t], s0, s1);
+        s0 = cls[t] >= 0 ? s0 : acc_t(0);
+        s1 = cls[t] >= 0 ? s1 : acc_t(0);
+        sP0 += ipow_n<PP>(s0, p);
+        sP1 += ipow_n<PP>(s1, p);
+        sI0 += cls[t] == 0 ? s0 : acc_t(0);
+        sI1 += cls[t] == 1 ? s1 : acc_t(0);
+        sT0 += cls[t] == 0 ? acc_t(1) : acc_t(0);
+        sT1 += cls[t] == 1 ? acc_t(1) : acc_t(0);
+      }
+      P[0] += sP0, P[1] += sP1, I[0] += sI0, I[1] += sI1, T[0] += sT0, T[1] += sT1;
+      continue;
+    }
+    softmax_tile(tl, C);
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t* s = tl.x.data() + c * kTile;
+      const int32_t ci = static_cast<int32_t>(c);
+      acc_t sP = 0, sI = 0, sT = 0;
+#pragma omp simd reduction(+ : sP, sI, sT)
+      for (int64_t t = 0; t < kTile; ++t) {
+        sP += ipow_n<PP>(s[t], p);
+        sI += cls[t] == ci ? s[t] : acc_t(0);
+        sT += cls[t] == ci ? acc_t(1) : acc_t(0);
+      }
+      P[c] += sP, I[c] += sI, T[c] += sT;
+    }
+  }
+}
+
 // PP = p when it is 1 or 2 (compile-time, so the loops vectorise), else -1.
 template <int PP, typename scalar_t, typename label_t>
-void sums_kernel(const scalar_t* x, const Layout& lx, const label_t* y, const Layout& ly, int64_t ignore_label,
-                 int p, double* out /* [B, 3, K] */) {
+void sums_kernel(const scalar_t* x, const Layout& lx, const label_t* y, const Layout& ly, int64_t ignore_label, int p,
+                 double* out /* [B, 3, K] */) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = lx.B, C = lx.C, S = lx.S, K = num_classes_from_c(C);
   const int64_t nchunk = (S + kChunk - 1) / kChunk;
@@ -109,47 +165,9 @@ void sums_kernel(const scalar_t* x, const Layout& lx, const label_t* y, const La
     Tile<acc_t> tl(K);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nchunk, v0 = (task % nchunk) * kChunk, v1 = std::min(S, v0 + kChunk);
-      acc_t* I = partial.data() + task * 3 * K;
-      acc_t* P = I + K;
-      acc_t* T = P + K;
       bool task_bad = false;
-      for (int64_t vt = v0; vt < v1; vt += kTile) {
-        load_tile(tl, x + b * lx.sb, lx, y + b * ly.sb, ly, vt, std::min(kTile, v1 - vt), K, ignore_label, task_bad,
-                  bad[task]);
-        const int32_t* cls = tl.cls;
-        if (C == 1) {
-          acc_t sP0 = 0, sP1 = 0, sI0 = 0, sI1 = 0, sT0 = 0, sT1 = 0;
-          const acc_t* xt = tl.x.data();
-#pragma omp simd reduction(+ : sP0, sP1, sI0, sI1, sT0, sT1)
-          for (int64_t t = 0; t < kTile; ++t) {
-            acc_t s0, s1;
-            sigmoid_pair(xt[t], s0, s1);
-            s0 = cls[t] >= 0 ? s0 : acc_t(0);
-            s1 = cls[t] >= 0 ? s1 : acc_t(0);
-            sP0 += ipow_n<PP>(s0, p);
-            sP1 += ipow_n<PP>(s1, p);
-            sI0 += cls[t] == 0 ? s0 : acc_t(0);
-            sI1 += cls[t] == 1 ? s1 : acc_t(0);
-            sT0 += cls[t] == 0 ? acc_t(1) : acc_t(0);
-            sT1 += cls[t] == 1 ? acc_t(1) : acc_t(0);
-          }
-          P[0] += sP0, P[1] += sP1, I[0] += sI0, I[1] += sI1, T[0] += sT0, T[1] += sT1;
-          continue;
-        }
-        softmax_tile(tl, C);
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t* s = tl.x.data() + c * kTile;
-          const int32_t ci = static_cast<int32_t>(c);
-          acc_t sP = 0, sI = 0, sT = 0;
-#pragma omp simd reduction(+ : sP, sI, sT)
-          for (int64_t t = 0; t < kTile; ++t) {
-            sP += ipow_n<PP>(s[t], p);
-            sI += cls[t] == ci ? s[t] : acc_t(0);
-            sT += cls[t] == ci ? acc_t(1) : acc_t(0);
-          }
-          P[c] += sP, I[c] += sI, T[c] += sT;
-        }
-      }
+      sums_chunk<PP>(tl, x + b * lx.sb, lx, y + b * ly.sb, ly, v0, v1, ignore_label, p,
+                     partial.data() + task * 3 * K, task_bad, bad[task]);
       has_bad[task] = task_bad;
     }
   });
@@ -164,6 +182,57 @@ void sums_kernel(const scalar_t* x, const Layout& lx, const label_t* y, const La
     for (int64_t k = 0; k < nchunk; ++k) {
       const acc_t* pt = partial.data() + (b * nchunk + k) * 3 * K;
       for (int64_t j = 0; j < 3 * K; ++j) ob[j] += static_cast<double>(pt[j]);
+    }
+  }
+}
+
+// Gradient of voxels [v0, v1) of one sample; a, bt: the sample's rows of A and Bt.
+template <int PM1, typename scalar_t, typename label_t, typename acc_t>
+SEGLOSSES_CPU_CLONES void backward_chunk(Tile<acc_t>& tl, const scalar_t* xb, const Layout& lx, const label_t* yb,
+                                         const Layout& ly, const acc_t* a, const acc_t* bt, int64_t v0, int64_t v1,
+                                         int64_t ignore_label, int p, scalar_t* gb, const Layout& lg, bool& has_bad,
+                                         int64_t& bad) {
+  const int64_t C = lx.C, K = num_classes_from_c(C);
+  for (int64_t vt = v0; vt < v1; vt += kTile) {
+    const int64_t n = std::min(kTile, v1 - vt);
+    load_tile(tl, xb, lx, yb, ly, vt, n, K, ignore_label, has_bad, bad);
+    const int32_t* cls = tl.cls;
+    scalar_t* gt = gb + vt * lg.sv;
+    if (C == 1) {
+      acc_t* out = tl.g.data();
+      const acc_t* xt = tl.x.data();
+#pragma omp simd
+      for (int64_t t = 0; t < kTile; ++t) {
+        acc_t s0, s1;
+        sigmoid_pair(xt[t], s0, s1);
+        const acc_t g0 = class_grad<PM1>(a[0], bt[0], s0, cls[t] == 0, p);
+        const acc_t g1 = class_grad<PM1>(a[1], bt[1], s1, cls[t] == 1, p);
+        out[t] = cls[t] >= 0 ? sigmoid_grad(s0, s1, g0, g1) : acc_t(0);
+      }
+      for (int64_t t = 0; t < n; ++t) gt[t * lg.sv] = static_cast<scalar_t>(out[t]);
+      continue;
+    }
+    softmax_tile(tl, C);
+    acc_t* dot = tl.dot;
+    for (int64_t t = 0; t < kTile; ++t) dot[t] = acc_t(0);
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t* s = tl.x.data() + c * kTile;
+      acc_t* gc = tl.g.data() + c * kTile;
+      const acc_t ac = a[c], bc = bt[c];
+      const int32_t ci = static_cast<int32_t>(c);
+#pragma omp simd
+      for (int64_t t = 0; t < kTile; ++t) {
+        gc[t] = class_grad<PM1>(ac, bc, s[t], cls[t] == ci, p);
+        dot[t] += gc[t] * s[t];
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      acc_t* s = tl.x.data() + c * kTile;
+      const acc_t* gc = tl.g.data() + c * kTile;
+#pragma omp simd
+      for (int64_t t = 0; t < kTile; ++t) s[t] = softmax_grad(s[t], gc[t], dot[t]);
+      scalar_t* gout = gt + c * lg.sc;
+      for (int64_t t = 0; t < n; ++t) gout[t * lg.sv] = static_cast<scalar_t>(s[t]);
     }
   }
 }
@@ -184,51 +253,9 @@ void backward_kernel(const scalar_t* x, const Layout& lx, const label_t* y, cons
     Tile<acc_t> tl(K);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nchunk, v0 = (task % nchunk) * kChunk, v1 = std::min(S, v0 + kChunk);
-      const acc_t* a = coef_a + b * K;
-      const acc_t* bt = coef_b + b * K;
       bool task_bad = false;
-      for (int64_t vt = v0; vt < v1; vt += kTile) {
-        const int64_t n = std::min(kTile, v1 - vt);
-        load_tile(tl, x + b * lx.sb, lx, y + b * ly.sb, ly, vt, n, K, ignore_label, task_bad, bad[task]);
-        const int32_t* cls = tl.cls;
-        scalar_t* gb = g + b * lg.sb + vt * lg.sv;
-        if (C == 1) {
-          acc_t* out = tl.g.data();
-          const acc_t* xt = tl.x.data();
-#pragma omp simd
-          for (int64_t t = 0; t < kTile; ++t) {
-            acc_t s0, s1;
-            sigmoid_pair(xt[t], s0, s1);
-            const acc_t g0 = class_grad<PM1>(a[0], bt[0], s0, cls[t] == 0, p);
-            const acc_t g1 = class_grad<PM1>(a[1], bt[1], s1, cls[t] == 1, p);
-            out[t] = cls[t] >= 0 ? sigmoid_grad(s0, s1, g0, g1) : acc_t(0);
-          }
-          for (int64_t t = 0; t < n; ++t) gb[t * lg.sv] = static_cast<scalar_t>(out[t]);
-          continue;
-        }
-        softmax_tile(tl, C);
-        acc_t* dot = tl.dot;
-        for (int64_t t = 0; t < kTile; ++t) dot[t] = acc_t(0);
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t* s = tl.x.data() + c * kTile;
-          acc_t* gc = tl.g.data() + c * kTile;
-          const acc_t ac = a[c], bc = bt[c];
-          const int32_t ci = static_cast<int32_t>(c);
-#pragma omp simd
-          for (int64_t t = 0; t < kTile; ++t) {
-            gc[t] = class_grad<PM1>(ac, bc, s[t], cls[t] == ci, p);
-            dot[t] += gc[t] * s[t];
-          }
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          acc_t* s = tl.x.data() + c * kTile;
-          const acc_t* gc = tl.g.data() + c * kTile;
-#pragma omp simd
-          for (int64_t t = 0; t < kTile; ++t) s[t] = softmax_grad(s[t], gc[t], dot[t]);
-          scalar_t* gout = gb + c * lg.sc;
-          for (int64_t t = 0; t < n; ++t) gout[t * lg.sv] = static_cast<scalar_t>(s[t]);
-        }
-      }
+      backward_chunk<PM1>(tl, x + b * lx.sb, lx, y + b * ly.sb, ly, coef_a + b * K, coef_b + b * K, v0, v1,
+                          ignore_label, p, g + b * lg.sb, lg, task_bad, bad[task]);
       has_bad[task] = task_bad;
     }
   });
