@@ -103,6 +103,29 @@ SEGLOSSES_ALWAYS_INLINE void softmax_tile(Tile<acc_t>& tl, int64_t C) {
   }
 }
 
+inline int64_t num_chunks(int64_t S) { return (S + kChunk - 1) / kChunk; }
+
+// Runs f(tile, task, b, v0, v1, has_bad, bad) for every fixed chunk [v0, v1) of every sample b, in
+// parallel (one scratch tile per thread), then raises for the first bad label in task order.
+template <typename acc_t, typename F>
+void for_each_chunk(int64_t B, int64_t S, int64_t K, int64_t ignore_label, F&& f) {
+  const int64_t nchunk = num_chunks(S), ntask = B * nchunk;
+  std::vector<int64_t> bad(static_cast<size_t>(ntask), 0);
+  std::vector<char> has_bad(static_cast<size_t>(ntask), 0);
+  at::parallel_for(0, ntask, 1, [&](int64_t begin, int64_t end) {
+    Tile<acc_t> tl(K);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / nchunk, v0 = (task % nchunk) * kChunk, v1 = std::min(S, v0 + kChunk);
+      bool task_bad = false;
+      f(tl, task, b, v0, v1, task_bad, bad[task]);
+      has_bad[task] = task_bad;
+    }
+  });
+  for (int64_t task = 0; task < ntask; ++task) {
+    TORCH_CHECK_VALUE(!has_bad[task], bad_label_message("dice_loss", bad[task], K, ignore_label));
+  }
+}
+
 // Sums I, P, T ([3, K] at I) of voxels [v0, v1) of one sample.
 template <int PP, typename scalar_t, typename label_t, typename acc_t>
 SEGLOSSES_CPU_CLONES void sums_chunk(Tile<acc_t>& tl, const scalar_t* xb, const Layout& lx, const label_t* yb,
@@ -154,27 +177,14 @@ template <int PP, typename scalar_t, typename label_t>
 void sums_kernel(const scalar_t* x, const Layout& lx, const label_t* y, const Layout& ly, int64_t ignore_label, int p,
                  double* out /* [B, 3, K] */) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t B = lx.B, C = lx.C, S = lx.S, K = num_classes_from_c(C);
-  const int64_t nchunk = (S + kChunk - 1) / kChunk;
-  const int64_t ntask = B * nchunk;
-  std::vector<acc_t> partial(static_cast<size_t>(ntask * 3 * K), acc_t(0));
-  std::vector<int64_t> bad(static_cast<size_t>(ntask), 0);
-  std::vector<char> has_bad(static_cast<size_t>(ntask), 0);
-
-  at::parallel_for(0, ntask, 1, [&](int64_t begin, int64_t end) {
-    Tile<acc_t> tl(K);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nchunk, v0 = (task % nchunk) * kChunk, v1 = std::min(S, v0 + kChunk);
-      bool task_bad = false;
-      sums_chunk<PP>(tl, x + b * lx.sb, lx, y + b * ly.sb, ly, v0, v1, ignore_label, p,
-                     partial.data() + task * 3 * K, task_bad, bad[task]);
-      has_bad[task] = task_bad;
-    }
-  });
-
-  for (int64_t task = 0; task < ntask; ++task) {
-    TORCH_CHECK_VALUE(!has_bad[task], bad_label_message("dice_loss", bad[task], K, ignore_label));
-  }
+  const int64_t B = lx.B, S = lx.S, K = num_classes_from_c(lx.C), nchunk = num_chunks(S);
+  std::vector<acc_t> partial(static_cast<size_t>(B * nchunk * 3 * K), acc_t(0));
+  for_each_chunk<acc_t>(B, S, K, ignore_label,
+                        [&](Tile<acc_t>& tl, int64_t task, int64_t b, int64_t v0, int64_t v1, bool& has_bad,
+                            int64_t& bad) {
+                          sums_chunk<PP>(tl, x + b * lx.sb, lx, y + b * ly.sb, ly, v0, v1, ignore_label, p,
+                                         partial.data() + task * 3 * K, has_bad, bad);
+                        });
   // Fixed-order combination of the chunk partials, in double.
   for (int64_t b = 0; b < B; ++b) {
     double* ob = out + b * 3 * K;
@@ -243,25 +253,14 @@ void backward_kernel(const scalar_t* x, const Layout& lx, const label_t* y, cons
                      const at::opmath_type<scalar_t>* coef_a, const at::opmath_type<scalar_t>* coef_b,
                      int64_t ignore_label, int p, scalar_t* g, const Layout& lg) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t B = lx.B, C = lx.C, S = lx.S, K = num_classes_from_c(C);
-  const int64_t nchunk = (S + kChunk - 1) / kChunk;
-  const int64_t ntask = B * nchunk;
-  std::vector<int64_t> bad(static_cast<size_t>(ntask), 0);
-  std::vector<char> has_bad(static_cast<size_t>(ntask), 0);
-
-  at::parallel_for(0, ntask, 1, [&](int64_t begin, int64_t end) {
-    Tile<acc_t> tl(K);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nchunk, v0 = (task % nchunk) * kChunk, v1 = std::min(S, v0 + kChunk);
-      bool task_bad = false;
-      backward_chunk<PM1>(tl, x + b * lx.sb, lx, y + b * ly.sb, ly, coef_a + b * K, coef_b + b * K, v0, v1,
-                          ignore_label, p, g + b * lg.sb, lg, task_bad, bad[task]);
-      has_bad[task] = task_bad;
-    }
-  });
-  for (int64_t task = 0; task < ntask; ++task) {
-    TORCH_CHECK_VALUE(!has_bad[task], bad_label_message("dice_loss", bad[task], K, ignore_label));
-  }
+  const int64_t K = num_classes_from_c(lx.C);
+  for_each_chunk<acc_t>(lx.B, lx.S, K, ignore_label,
+                        [&](Tile<acc_t>& tl, int64_t, int64_t b, int64_t v0, int64_t v1, bool& has_bad,
+                            int64_t& bad) {
+                          backward_chunk<PM1>(tl, x + b * lx.sb, lx, y + b * ly.sb, ly, coef_a + b * K,
+                                              coef_b + b * K, v0, v1, ignore_label, p, g + b * lg.sb, lg, has_bad,
+                                              bad);
+                        });
 }
 
 // Calls f with the compile-time specialisation of p (1, 2, or -1 = runtime), offset by delta.

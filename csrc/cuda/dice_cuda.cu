@@ -40,6 +40,17 @@ __device__ __forceinline__ void record_bad_label(long long* bad, long long label
             static_cast<unsigned long long>(label));
 }
 
+// Softmax statistics of one voxel over its C channels (stride sc): the max logit m and
+// inv_z = 1 / sum_c exp(x_c - m), from the shared per-element functions.
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ void softmax_stats(const scalar_t* xv, int64_t sc, int64_t C, acc_t& m, acc_t& inv_z) {
+  m = static_cast<acc_t>(xv[0]);
+  for (int64_t c = 1; c < C; ++c) m = max_(m, static_cast<acc_t>(xv[c * sc]));
+  acc_t z = acc_t(0);
+  for (int64_t c = 0; c < C; ++c) z += shifted_exp(static_cast<acc_t>(xv[c * sc]), m);
+  inv_z = acc_t(1) / z;
+}
+
 // Sum of v over the block, in a fixed order; the result is valid in thread 0.
 template <typename acc_t>
 __device__ acc_t block_sum(acc_t v, acc_t* smem) {
@@ -90,11 +101,8 @@ __global__ void __launch_bounds__(kThreads) dice_sums_partial_kernel(
       }
       continue;
     }
-    acc_t m = static_cast<acc_t>(xv[0]);
-    for (int64_t c = 1; c < C; ++c) m = max_(m, static_cast<acc_t>(xv[c * lx.sc]));
-    acc_t z = acc_t(0);
-    for (int64_t c = 0; c < C; ++c) z += shifted_exp(static_cast<acc_t>(xv[c * lx.sc]), m);
-    const acc_t inv_z = acc_t(1) / z;
+    acc_t m, inv_z;
+    softmax_stats(xv, lx.sc, C, m, inv_z);
 #pragma unroll
     for (int j = 0; j < kClassTile; ++j) {
       const int64_t c = c0 + j;
@@ -163,11 +171,8 @@ __global__ void __launch_bounds__(kThreads) dice_backward_kernel(
     gv[0] = static_cast<scalar_t>(sigmoid_grad(s0, s1, g0, g1));
     return;
   }
-  acc_t m = static_cast<acc_t>(xv[0]);
-  for (int64_t c = 1; c < C; ++c) m = max_(m, static_cast<acc_t>(xv[c * lx.sc]));
-  acc_t z = acc_t(0);
-  for (int64_t c = 0; c < C; ++c) z += shifted_exp(static_cast<acc_t>(xv[c * lx.sc]), m);
-  const acc_t inv_z = acc_t(1) / z;
+  acc_t m, inv_z;
+  softmax_stats(xv, lx.sc, C, m, inv_z);
   acc_t dot = acc_t(0);
   for (int64_t c = 0; c < C; ++c) {
     const acc_t s = shifted_exp(static_cast<acc_t>(xv[c * lx.sc]), m) * inv_z;
