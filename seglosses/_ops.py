@@ -41,9 +41,24 @@ def _dice_sums_fake(x, y, ignore_label, p):
     return x.new_empty((x.shape[0], 3, _num_classes(x)), dtype=_acc_dtype(x))
 
 
+def _spatial_collapses(t: torch.Tensor) -> bool:
+    """Whether dims 2.. of t collapse into one stride (mirrors collapsed_stride in csrc/dice.h)."""
+    expected = None
+    for d in range(t.dim() - 1, 1, -1):
+        if t.shape[d] == 1:
+            continue
+        if expected is not None and t.stride(d) != expected:
+            return False
+        expected = t.stride(d) * t.shape[d]
+    return True
+
+
 @torch.library.register_fake("seglosses::dice_backward")
 def _dice_backward_fake(x, y, coef_a, coef_b, ignore_label, p):
-    return torch.empty_like(x)
+    # The kernel writes the gradient in x's memory format when that layout's spatial dims collapse
+    # into one stride, contiguous otherwise (csrc/dice.h: empty_grad).
+    g = torch.empty_like(x)
+    return g if _spatial_collapses(g) else torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _dice_sums_setup_context(ctx, inputs, output):

@@ -940,3 +940,28 @@ def test_cuda_device_mismatch():
     y = make_labels(2, 3, (4, 5))
     with raises(ValueError, "y", "cpu"):
         SF.dice_loss(x, y)
+
+
+@pytest.mark.parametrize(
+    "make_x",
+    [
+        lambda x: x.transpose(2, 3),  # spatial dims that do not collapse: gradient comes back contiguous
+        lambda x: x.to(memory_format=torch.channels_last),
+        lambda x: x[:, :, :, ::2],
+    ],
+    ids=["spatial-transpose", "channels_last", "spatial-step"],
+)
+def test_dice_backward_fake_matches_real_layout(make_x):
+    """The fake kernel must predict the real gradient's strides (torch.compile relies on it)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch.manual_seed(21)
+    x = make_x(torch.randn(2, 3, 6, 8))
+    y = torch.randint(0, 3, (2,) + tuple(x.shape[2:]))
+    a = torch.randn(2, 3)
+    b = torch.randn(2, 3)
+    real = torch.ops.seglosses.dice_backward(x, y, a, b, -1, 1)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = torch.ops.seglosses.dice_backward(mode.from_tensor(x), mode.from_tensor(y), a, b, -1, 1)
+    assert fake.shape == real.shape and fake.stride() == real.stride()
+    torch.library.opcheck(torch.ops.seglosses.dice_backward, (x, y, a, b, -1, 1))
