@@ -19,6 +19,9 @@ std::tuple<at::Tensor, at::Tensor> malis_counts_cpu(const at::Tensor& pred, cons
                                                     const std::optional<at::Tensor>& mask, at::IntArrayRef nhood,
                                                     bool constrained);
 
+// Frees the scratch memory that MALIS keeps per thread between calls; returns the bytes freed.
+int64_t release_malis_workspace();
+
 at::Tensor connected_components_cpu(const at::Tensor& affs, at::IntArrayRef nhood, double threshold,
                                     bool singleton_background);
 

@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "malis.h"
+
 extern "C" {
 // `import seglosses._C` loads this shared object, which runs the static
 // registrations below; the Python module itself is empty.
@@ -40,4 +42,7 @@ TORCH_LIBRARY(seglosses, m) {
   m.def(
       "connected_components(Tensor affs, int[] nhood, float threshold, bool singleton_background) "
       "-> Tensor");
+  // Frees the per-thread MALIS scratch kept between calls (no tensors, so one device-independent
+  // implementation); returns the bytes freed.
+  m.def("release_malis_workspace() -> int", &seglosses::malis::release_malis_workspace);
 }

@@ -16,6 +16,7 @@ from .malis import (
     malis_weights,
     mknhood2d,
     mknhood3d,
+    release_malis_workspace,
     seg_to_affgraph,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "mknhood2d",
     "mknhood3d",
     "register_loss",
+    "release_malis_workspace",
     "seg_to_affgraph",
 ]

@@ -84,6 +84,23 @@ torch.library.register_autograd(
 )
 
 
+def _dice_backward_setup_context(ctx, inputs, output):
+    pass
+
+
+def _dice_backward_backward(ctx, grad):
+    raise RuntimeError(
+        "dice_loss: second derivatives are not supported (dice_backward has no derivative); "
+        "use create_graph=False, or a plain-autograd Dice for double backward"
+    )
+
+
+# A second derivative through the Dice loss would otherwise be silently missing.
+torch.library.register_autograd(
+    "seglosses::dice_backward", _dice_backward_backward, setup_context=_dice_backward_setup_context
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # MALIS and connected components
 # ---------------------------------------------------------------------------------------------

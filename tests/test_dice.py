@@ -965,3 +965,24 @@ def test_dice_backward_fake_matches_real_layout(make_x):
         fake = torch.ops.seglosses.dice_backward(mode.from_tensor(x), mode.from_tensor(y), a, b, -1, 1)
     assert fake.shape == real.shape and fake.stride() == real.stride()
     torch.library.opcheck(torch.ops.seglosses.dice_backward, (x, y, a, b, -1, 1))
+
+
+def test_double_backward_raises_instead_of_silently_missing():
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 3, (1, 4, 4))
+    (g,) = torch.autograd.grad(SF.dice_loss(x, y), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="dice_loss: second derivatives are not supported"):
+        g.sum().backward()
+
+
+@requires_cuda
+def test_cuda_bad_label_names_first_bad_voxel_like_cpu():
+    """Several bad labels: CUDA reports the one of the first bad voxel in (sample, voxel) order."""
+    x = torch.randn(2, 3, 40, 40)
+    y = torch.randint(0, 3, (2, 40, 40))
+    y[1, 3, 5] = 9
+    y[0, 30, 2] = 7  # first in (sample, voxel) order
+    y[0, 39, 39] = 11
+    for device in ("cpu", "cuda"):
+        with pytest.raises(ValueError, match="label 7 outside"):
+            SF.dice_loss(x.to(device), y.to(device))

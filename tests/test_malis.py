@@ -714,3 +714,25 @@ def test_cuda_utilities_match_cpu():
     s_cpu = seglosses.affgraph_to_seg(a_cpu, nhood)
     s_gpu = seglosses.affgraph_to_seg(a_gpu, nhood)
     assert torch.equal(s_gpu.cpu(), s_cpu)
+
+
+def test_release_malis_workspace_frees_and_next_call_is_identical():
+    torch.manual_seed(40)
+    seg = torch.randint(1, 6, (1, 12, 12, 12))
+    pred = torch.rand(1, 3, 12, 12, 12)
+    nh = seglosses.mknhood3d(1)
+    w1 = seglosses.malis_weights(pred, seg, nh)
+    assert seglosses.release_malis_workspace() > 0
+    assert seglosses.release_malis_workspace() == 0  # nothing left to free
+    w2 = seglosses.malis_weights(pred, seg, nh)
+    assert torch.equal(w1, w2)
+
+
+def test_large_finite_double_predictions_are_accepted():
+    """Finite float64 values beyond float32's range are finite: no 'must be finite' error."""
+    pred = torch.tensor([[[1e300, 0.5, -1e300, 0.2]]], dtype=torch.float64)  # the last edge is invalid
+    seg = torch.tensor([[1, 1, 2, 2]])
+    pos, neg = seglosses.malis_weights(pred, seg, [[1]], normalize=False)
+    assert pos.sum() == 2 and neg.sum() == 4
+    with pytest.raises(ValueError, match="must be finite, got inf"):
+        seglosses.malis_weights(torch.tensor([[[float("inf"), 0.5, 0.1, 0.2]]], dtype=torch.float64), seg, [[1]])

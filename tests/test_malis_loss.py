@@ -490,3 +490,15 @@ def test_cuda_matches_cpu(use_gt_seg):
     assert w.device.type == "cuda"
     torch.testing.assert_close(w.cpu(), seglosses.malis_weights(torch.sigmoid(pred), seg, POS3,
                                                                  gt_affs=target > 0.5), rtol=1e-6, atol=1e-7)
+
+
+def test_old_api_loss_does_not_overflow_in_half_precision():
+    """Raw pair counts exceed float16's range; the legacy loss is computed in float32."""
+    torch.manual_seed(41)
+    seg = torch.randint(1, 30, (1, 1, 200, 200))
+    aff = torch.rand(1, 2, 200, 200)
+    ref = seglosses.malis_loss2d(seg, aff)
+    half = seglosses.malis_loss2d(seg, aff.half().float().half())
+    assert half.dtype == torch.float32 and torch.isfinite(half)
+    assert torch.allclose(half, seglosses.malis_loss2d(seg, aff.half().float()), rtol=1e-6)
+    assert ref > 65504  # would be inf in float16

@@ -1,16 +1,19 @@
 // CUDA kernels of the fused, one-hot-free Dice loss. The per-voxel arithmetic is the one of
 // csrc/dice_math.h, shared with (and tested through) the CPU kernels.
 //
-// dice_sums, stage 1: grid (voxel blocks, class tiles of kClassTile, B). Each thread handles
-// kVoxelsPerThread voxels (consecutive threads read consecutive voxels: coalesced), computes the
-// softmax statistics of each voxel over all C channels and accumulates I, P, T of the tile's
-// classes in registers. A block reduction in a fixed order writes per-block partials; any number
-// of classes works (more classes = more tiles; no shared memory per class).
-// dice_sums, stage 2: one thread per (b, row, class) adds the block partials in block order, in
-// double. No atomics on the data path, so the result is deterministic.
+// dice_sums, stage 1: grid (class tiles of kClassTile, voxel blocks, B), the tile fastest so the
+// tiles of one voxel range run together and re-read x from L2. At most kMaxBlocks blocks per
+// (tile, sample); block k handles voxel groups k, k + nblk, ... of kVoxelsPerBlock voxels, in
+// which consecutive threads read consecutive voxels (coalesced). Each thread computes the softmax
+// statistics of its voxels over all C channels and accumulates I, P, T of the tile's classes in
+// registers; a block reduction in a fixed order writes one partial per (sample, block, class).
+// Any number of classes works (more classes = more tiles; no shared memory per class).
+// dice_sums, stage 2: one thread per (b, row, class) adds the <= kMaxBlocks partials in block
+// order, in double. No atomics on the data path, so the result is deterministic.
 // dice_backward: one thread per voxel, the O(K) formula from the [B, K] tables A and Bt.
-// A label outside [0, K) that is not ignore_label is recorded in a device word; the host raises
-// after the kernels finish, so no garbage is returned.
+// A label outside [0, K) that is not ignore_label: the smallest flat index (b * S + v) of such a
+// voxel is kept with atomicMin; the host reads that voxel's label and raises, so the error names
+// the same label as on the CPU and no garbage is returned.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -33,11 +36,12 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kClassTile = 8;
 constexpr int kVoxelsPerThread = 4;
 constexpr int64_t kVoxelsPerBlock = int64_t(kThreads) * kVoxelsPerThread;
-constexpr long long kNoBadLabel = std::numeric_limits<long long>::min();
+constexpr int64_t kMaxBlocks = 1024;
+constexpr long long kNoBadVoxel = std::numeric_limits<long long>::max();
 
-__device__ __forceinline__ void record_bad_label(long long* bad, long long label) {
-  atomicCAS(reinterpret_cast<unsigned long long*>(bad), static_cast<unsigned long long>(kNoBadLabel),
-            static_cast<unsigned long long>(label));
+// Keeps the smallest flat index of a voxel with a bad label.
+__device__ __forceinline__ void record_bad_voxel(long long* bad, long long index) {
+  if (index < *reinterpret_cast<volatile long long*>(bad)) atomicMin(bad, index);
 }
 
 // Softmax statistics of one voxel over its C channels (stride sc): the max logit m and
@@ -73,8 +77,8 @@ __global__ void __launch_bounds__(kThreads) dice_sums_partial_kernel(
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t smem[kWarps];
   const int64_t C = lx.C, K = num_classes_from_c(C), S = lx.S;
-  const int64_t b = blockIdx.z, blk = blockIdx.x, nblk = gridDim.x;
-  const int64_t c0 = int64_t(blockIdx.y) * kClassTile;
+  const int64_t b = blockIdx.z, blk = blockIdx.y, nblk = gridDim.y;
+  const int64_t c0 = int64_t(blockIdx.x) * kClassTile;
   const scalar_t* xb = x + b * lx.sb;
   const label_t* yb = y + b * ly.sb;
 
@@ -82,35 +86,38 @@ __global__ void __launch_bounds__(kThreads) dice_sums_partial_kernel(
 #pragma unroll
   for (int j = 0; j < kClassTile; ++j) I[j] = P[j] = T[j] = acc_t(0);
 
-  for (int i = 0; i < kVoxelsPerThread; ++i) {
-    const int64_t v = (blk * kVoxelsPerThread + i) * kThreads + threadIdx.x;
-    if (v >= S) break;
-    const int64_t label = static_cast<int64_t>(yb[v * ly.sv]);
-    const int64_t cls = classify_label(label, K, ignore_label);
-    if (cls == kBadLabel && blockIdx.y == 0) record_bad_label(bad, label);
-    if (cls < 0) continue;
-    const scalar_t* xv = xb + v * lx.sv;
-    if (C == 1) {
-      acc_t s[2];
-      sigmoid_pair(static_cast<acc_t>(xv[0]), s[0], s[1]);
+  const int64_t ngroup = (S + kVoxelsPerBlock - 1) / kVoxelsPerBlock;
+  for (int64_t group = blk; group < ngroup; group += nblk) {
+    for (int i = 0; i < kVoxelsPerThread; ++i) {
+      const int64_t v = (group * kVoxelsPerThread + i) * kThreads + threadIdx.x;
+      if (v >= S) break;
+      const int64_t label = static_cast<int64_t>(yb[v * ly.sv]);
+      const int64_t cls = classify_label(label, K, ignore_label);
+      if (cls == kBadLabel && c0 == 0) record_bad_voxel(bad, b * S + v);
+      if (cls < 0) continue;
+      const scalar_t* xv = xb + v * lx.sv;
+      if (C == 1) {
+        acc_t s[2];
+        sigmoid_pair(static_cast<acc_t>(xv[0]), s[0], s[1]);
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        P[j] += ipow(s[j], p);
-        I[j] += cls == j ? s[j] : acc_t(0);
-        T[j] += cls == j ? acc_t(1) : acc_t(0);
+        for (int j = 0; j < 2; ++j) {
+          P[j] += ipow(s[j], p);
+          I[j] += cls == j ? s[j] : acc_t(0);
+          T[j] += cls == j ? acc_t(1) : acc_t(0);
+        }
+        continue;
       }
-      continue;
-    }
-    acc_t m, inv_z;
-    softmax_stats(xv, lx.sc, C, m, inv_z);
+      acc_t m, inv_z;
+      softmax_stats(xv, lx.sc, C, m, inv_z);
 #pragma unroll
-    for (int j = 0; j < kClassTile; ++j) {
-      const int64_t c = c0 + j;
-      if (c < C) {
-        const acc_t s = shifted_exp(static_cast<acc_t>(xv[c * lx.sc]), m) * inv_z;
-        P[j] += ipow(s, p);
-        I[j] += cls == c ? s : acc_t(0);
-        T[j] += cls == c ? acc_t(1) : acc_t(0);
+      for (int j = 0; j < kClassTile; ++j) {
+        const int64_t c = c0 + j;
+        if (c < C) {
+          const acc_t s = shifted_exp(static_cast<acc_t>(xv[c * lx.sc]), m) * inv_z;
+          P[j] += ipow(s, p);
+          I[j] += cls == c ? s : acc_t(0);
+          T[j] += cls == c ? acc_t(1) : acc_t(0);
+        }
       }
     }
   }
@@ -159,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) dice_backward_kernel(
   const int64_t label = static_cast<int64_t>(y[b * ly.sb + v * ly.sv]);
   const int64_t cls = classify_label(label, K, ignore_label);
   if (cls < 0) {
-    if (cls == kBadLabel) record_bad_label(bad, label);
+    if (cls == kBadLabel) record_bad_voxel(bad, b * S + v);
     for (int64_t c = 0; c < C; ++c) gv[c * lg.sc] = scalar_t(0);
     return;
   }
@@ -184,10 +191,13 @@ __global__ void __launch_bounds__(kThreads) dice_backward_kernel(
   }
 }
 
-// Raises (after the kernels ran) if a bad label was recorded.
-void check_bad_label(const at::Tensor& bad, int64_t K, int64_t ignore_label) {
-  const long long label = bad.item<int64_t>();  // synchronises with the stream
-  TORCH_CHECK_VALUE(label == kNoBadLabel, bad_label_message("dice_loss", label, K, ignore_label));
+// Raises (after the kernels ran) if a bad label was recorded, naming the label of the first bad
+// voxel in (sample, voxel) order, as the CPU kernels do.
+void check_bad_label(const at::Tensor& bad, const at::Tensor& y, int64_t S, int64_t K, int64_t ignore_label) {
+  const long long index = bad.item<int64_t>();  // synchronises with the stream
+  if (index == kNoBadVoxel) return;
+  const int64_t label = y.reshape({y.size(0), S}).select(0, index / S).select(0, index % S).item<int64_t>();
+  TORCH_CHECK_VALUE(false, bad_label_message("dice_loss", label, K, ignore_label));
 }
 
 at::Tensor dice_sums_cuda(const at::Tensor& x_in, const at::Tensor& y_in, int64_t ignore_label, int64_t p) {
@@ -200,9 +210,10 @@ at::Tensor dice_sums_cuda(const at::Tensor& x_in, const at::Tensor& y_in, int64_
   at::Tensor out64 = at::zeros({lx.B, 3, K}, x.options().dtype(at::kDouble));
   if (lx.B > 0 && lx.S > 0) {
     TORCH_CHECK_VALUE(lx.B <= 65535, "dice_sums: at most 65535 samples per call on CUDA, got ", lx.B);
-    const int64_t nblk = (lx.S + kVoxelsPerBlock - 1) / kVoxelsPerBlock;
+    const int64_t nblk = std::min(kMaxBlocks, (lx.S + kVoxelsPerBlock - 1) / kVoxelsPerBlock);
     const int64_t ntile = (K + kClassTile - 1) / kClassTile;
-    at::Tensor bad = at::full({}, kNoBadLabel, x.options().dtype(at::kLong));
+    TORCH_CHECK_VALUE(ntile <= 65535, "dice_sums: at most ", 65535 * kClassTile, " classes on CUDA, got ", K);
+    at::Tensor bad = at::full({}, kNoBadVoxel, x.options().dtype(at::kLong));
     const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     at::Tensor partial = at::empty({lx.B, nblk, 3, K}, x.options().dtype(acc_type));
     auto stream = c10::cuda::getCurrentCUDAStream();
@@ -211,7 +222,7 @@ at::Tensor dice_sums_cuda(const at::Tensor& x_in, const at::Tensor& y_in, int64_
       using acc_t = at::opmath_type<x_t>;
       AT_DISPATCH_INTEGRAL_TYPES(yv.scalar_type(), "dice_sums_cuda_labels", [&] {
         using label_t = scalar_t;
-        const dim3 grid(static_cast<unsigned>(nblk), static_cast<unsigned>(ntile), static_cast<unsigned>(lx.B));
+        const dim3 grid(static_cast<unsigned>(ntile), static_cast<unsigned>(nblk), static_cast<unsigned>(lx.B));
         dice_sums_partial_kernel<x_t, label_t><<<grid, kThreads, 0, stream>>>(
             x.const_data_ptr<x_t>(), lx, yv.const_data_ptr<label_t>(), ly, ignore_label, static_cast<int>(p),
             partial.mutable_data_ptr<acc_t>(), reinterpret_cast<long long*>(bad.mutable_data_ptr<int64_t>()));
@@ -222,7 +233,7 @@ at::Tensor dice_sums_cuda(const at::Tensor& x_in, const at::Tensor& y_in, int64_
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
-    check_bad_label(bad, K, ignore_label);
+    check_bad_label(bad, yv, lx.S, K, ignore_label);
   }
   return x.scalar_type() == at::kDouble ? out64 : out64.to(at::kFloat);
 }
@@ -240,7 +251,7 @@ at::Tensor dice_backward_cuda(const at::Tensor& x_in, const at::Tensor& y_in, co
   const Layout lg = x_layout(g);
   if (lx.B == 0 || lx.S == 0) return g.zero_();
   TORCH_CHECK_VALUE(lx.B <= 65535, "dice_backward: at most 65535 samples per call on CUDA, got ", lx.B);
-  at::Tensor bad = at::full({}, kNoBadLabel, x.options().dtype(at::kLong));
+  at::Tensor bad = at::full({}, kNoBadVoxel, x.options().dtype(at::kLong));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dice_backward_cuda", [&] {
     using x_t = scalar_t;
@@ -255,7 +266,7 @@ at::Tensor dice_backward_cuda(const at::Tensor& x_in, const at::Tensor& y_in, co
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  check_bad_label(bad, num_classes(x), ignore_label);
+  check_bad_label(bad, yv, lx.S, num_classes(x), ignore_label);
   return g;
 }
 

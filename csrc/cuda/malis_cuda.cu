@@ -15,6 +15,11 @@ namespace seglosses {
 namespace malis {
 namespace {
 
+// The dispatcher picks this backend when any argument is on CUDA; pred must be.
+void check_on_cuda(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.is_cuda(), op, ": ", name, " must be on the CUDA device of the other arguments, got ", t.device());
+}
+
 std::optional<at::Tensor> edge_bits_to_host(const std::optional<at::Tensor>& t, bool is_mask) {
   if (!t.has_value() || !t->defined()) return std::nullopt;
   return (is_mask ? at::ne(*t, 0) : at::gt(*t, 0.5)).cpu();
@@ -22,6 +27,7 @@ std::optional<at::Tensor> edge_bits_to_host(const std::optional<at::Tensor>& t, 
 
 at::Tensor malis_weights_cuda(const at::Tensor& pred, const at::Tensor& seg, const std::optional<at::Tensor>& gt_affs,
                               const std::optional<at::Tensor>& mask, at::IntArrayRef nhood, bool constrained) {
+  check_on_cuda("malis_weights", "pred_affs", pred);
   const c10::cuda::CUDAGuard guard(pred.device());
   const at::Tensor w = malis_weights_cpu(pred.cpu(), seg.cpu(), edge_bits_to_host(gt_affs, false),
                                          edge_bits_to_host(mask, true), nhood, constrained);
@@ -32,6 +38,7 @@ std::tuple<at::Tensor, at::Tensor> malis_counts_cuda(const at::Tensor& pred, con
                                                      const std::optional<at::Tensor>& gt_affs,
                                                      const std::optional<at::Tensor>& mask, at::IntArrayRef nhood,
                                                      bool constrained) {
+  check_on_cuda("malis_counts", "pred_affs", pred);
   const c10::cuda::CUDAGuard guard(pred.device());
   auto counts = malis_counts_cpu(pred.cpu(), seg.cpu(), edge_bits_to_host(gt_affs, false),
                                  edge_bits_to_host(mask, true), nhood, constrained);
