@@ -25,11 +25,13 @@ namespace seglosses {
 namespace dice {
 namespace {
 
-// The tile loops are compiled twice, for AVX2 and for the x86-64 baseline (SSE2), and the loader
-// picks the clone the CPU supports (GCC function multi-versioning, an ifunc). AVX2 alone, without
-// FMA, so both clones round alike. Other compilers and platforms build the baseline only.
+// The tile loops are compiled three times, for AVX-512, AVX2 and the x86-64 baseline (SSE2), and
+// the loader picks the best clone the CPU supports (GCC function multi-versioning, an ifunc). The
+// AVX-512 clone may fuse multiply-adds, so the last bits can differ between CPUs with and without
+// AVX-512; on one machine results stay deterministic and independent of the thread count. Other
+// compilers and platforms build the baseline only.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
-#define SEGLOSSES_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#define SEGLOSSES_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define SEGLOSSES_CPU_CLONES
 #endif
