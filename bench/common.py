@@ -160,15 +160,17 @@ class PeakRSS:
 # ----------------------------------------------------------------------------- timing
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1,
-                setup: Optional[Callable[[], object]] = None) -> tuple:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; ``setup`` runs untimed before
-    each call. Returns (median seconds, list of all timed seconds)."""
+                setup: Optional[Callable[[], object]] = None, min_time: float = 0.0) -> tuple:
+    """Run ``fn`` ``warmup`` times untimed, then at least ``repeats`` times and until the timed
+    calls add up to ``min_time`` seconds (so that millisecond-scale calls get enough samples for a
+    stable median); ``setup`` runs untimed before each call. Returns (median seconds, list of all
+    timed seconds)."""
     for _ in range(warmup):
         if setup is not None:
             setup()
         fn()
     times = []
-    for _ in range(max(1, repeats)):
+    while len(times) < max(1, repeats) or sum(times) < min_time:
         if setup is not None:
             setup()
         t0 = time.perf_counter()

@@ -9,6 +9,8 @@ Usage::
 Options:
     --shapes   comma-separated logits shapes B x C x spatial... (default 2x8x128x128x128,2x4x64x64x64)
     --repeats  timed repeats per (case, impl); the median is reported (default 5)
+    --min-time keep repeating until the timed calls add up to this many seconds (default 1.0), so
+               that millisecond-scale cases get enough calls for a stable median
     --threads  torch.set_num_threads in every child (default: the usable cores)
     --impls    subset of seglosses,monai,onehot (default: all three)
     --timeout  seconds allowed per child process (default 1800)
@@ -21,8 +23,9 @@ in every process):
     onehot     softmax + ``F.one_hot`` + sums with autograd, the textbook PyTorch version
 One forward + backward of the mean loss per call. Every (case, impl) runs in fresh processes (this
 script re-invokes itself with ``--child``), so no implementation sees another's allocator state:
-    * a *time* child with the default allocator: one warm-up call, then ``--repeats`` timed calls
-      (``x.grad = None`` before each, untimed), median wall time;
+    * a *time* child with the default allocator: one warm-up call, then at least ``--repeats`` timed
+      calls and at least ``--min-time`` seconds of them (``x.grad = None`` before each, untimed),
+      median wall time;
     * a *mem* child started with glibc's mmap threshold fixed at 64 KiB (``bench/common.py``
       MALLOC_ENV) so that every freed tensor buffer leaves the resident set at once. It creates and
       touches x and y, warms up on an 8^d crop of them (code pages, thread pool, lazy init; a
@@ -106,7 +109,7 @@ def make_loss(impl: str, num_classes: int):
     raise ValueError(f"unknown impl {impl!r}")
 
 
-def child(mode: str, shape: tuple, impl: str, repeats: int, threads: int) -> None:
+def child(mode: str, shape: tuple, impl: str, repeats: int, threads: int, min_time: float = 0.0) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -144,7 +147,7 @@ def child(mode: str, shape: tuple, impl: str, repeats: int, threads: int) -> Non
         def setup():
             x.grad = None
 
-        med, times = common.median_time(step, repeats, warmup=1, setup=setup)
+        med, times = common.median_time(step, repeats, warmup=1, setup=setup, min_time=min_time)
         out["time_s"] = med
         out["times_s"] = times
         out["loss"] = float(fn(x, y).detach())
@@ -159,6 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default=DEFAULT_SHAPES,
                     help=f"comma-separated B x C x spatial shapes (default {DEFAULT_SHAPES})")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats, median reported (default 5)")
+    ap.add_argument("--min-time", type=float, default=1.0,
+                    help="time each (case, impl) for at least this many seconds in all (default 1.0)")
     ap.add_argument("--threads", type=int, default=common.usable_cores(),
                     help="torch threads in each child (default: usable cores)")
     ap.add_argument("--impls", default=",".join(IMPLS), help="subset of " + ",".join(IMPLS))
@@ -170,7 +175,7 @@ def main(argv=None) -> int:
 
     if args.child:
         mode, shape, impl = args.child
-        child(mode, parse_shape(shape), impl, args.repeats, args.threads)
+        child(mode, parse_shape(shape), impl, args.repeats, args.threads, args.min_time)
         return 0
 
     try:
@@ -186,8 +191,8 @@ def main(argv=None) -> int:
 
     print("# Dice loss, CPU, float32, forward + backward")
     print()
-    for line in common.machine_lines([common.seglosses_line(), f"threads per child: {args.threads}; repeats: {args.repeats} "
-                                      "(median after 1 warm-up)"]):
+    for line in common.machine_lines([common.seglosses_line(), f"threads per child: {args.threads}; repeats: at least "
+                                      f"{args.repeats} and {args.min_time} s (median after 1 warm-up)"]):
         print("- " + line)
     print(flush=True)
 
@@ -198,7 +203,8 @@ def main(argv=None) -> int:
         shape_arg = "x".join(map(str, shape))
         res = {}
         for impl in impls:
-            common_args = [script, "--repeats", str(args.repeats), "--threads", str(args.threads)]
+            common_args = [script, "--repeats", str(args.repeats), "--threads", str(args.threads),
+                           "--min-time", str(args.min_time)]
             mem = common.run_child(common_args + ["--child", "mem", shape_arg, impl],
                                    env_extra=common.MALLOC_ENV, timeout=args.timeout)
             tim = common.run_child(common_args + ["--child", "time", shape_arg, impl],

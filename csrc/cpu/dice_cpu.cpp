@@ -37,8 +37,8 @@ namespace {
 #endif
 #define SEGLOSSES_ALWAYS_INLINE inline __attribute__((always_inline))
 
-constexpr int64_t kTile = 64;
-constexpr int64_t kChunk = 128 * kTile;  // voxels per chunk; fixed so results do not depend on threads
+constexpr int64_t kTile = 256;
+constexpr int64_t kChunk = 8192;  // voxels per chunk; fixed so results do not depend on threads
 
 // Scratch of one thread and the tile it holds.
 template <typename acc_t>
@@ -63,16 +63,28 @@ SEGLOSSES_ALWAYS_INLINE void load_tile(Tile<acc_t>& tl, const scalar_t* xb, cons
     for (int64_t t = 0; t < n; ++t) dst[t] = static_cast<acc_t>(xc[t * lx.sv]);
     for (int64_t t = n; t < kTile; ++t) dst[t] = acc_t(0);
   }
+  int32_t any_bad = 0;
+#pragma omp simd reduction(| : any_bad)
   for (int64_t t = 0; t < n; ++t) {
-    const int64_t label = static_cast<int64_t>(yb[(v0 + t) * ly.sv]);
-    const int64_t cls = classify_label(label, K, ignore_label);
-    if (cls == kBadLabel && !has_bad) has_bad = true, bad = label;
+    const int64_t cls = classify_label(static_cast<int64_t>(yb[(v0 + t) * ly.sv]), K, ignore_label);
+    any_bad |= static_cast<int32_t>(cls == kBadLabel);
     tl.cls[t] = static_cast<int32_t>(cls < 0 ? kIgnored : cls);
   }
   for (int64_t t = n; t < kTile; ++t) tl.cls[t] = static_cast<int32_t>(kIgnored);
+  if (any_bad && !has_bad) {  // rare: find the first bad label of the tile for the message
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t label = static_cast<int64_t>(yb[(v0 + t) * ly.sv]);
+      if (classify_label(label, K, ignore_label) == kBadLabel) {
+        has_bad = true, bad = label;
+        break;
+      }
+    }
+  }
 }
 
-// Softmax over the tile's C channels: afterwards x holds s_c (0 for ignored voxels).
+// Softmax over the tile's C channels, up to the normalisation: afterwards x holds
+// e_c = exp(x_c - m) and inv_z = 1 / sum_c e_c (0 for ignored voxels); the consumers form
+// s_c = prob(e_c, inv_z, valid) as they go, which saves a pass over the tile.
 template <typename acc_t>
 SEGLOSSES_ALWAYS_INLINE void softmax_tile(Tile<acc_t>& tl, int64_t C) {
   acc_t* x = tl.x.data();
@@ -95,14 +107,14 @@ SEGLOSSES_ALWAYS_INLINE void softmax_tile(Tile<acc_t>& tl, int64_t C) {
   }
 #pragma omp simd
   for (int64_t t = 0; t < kTile; ++t) inv_z[t] = tl.cls[t] >= 0 ? acc_t(1) / inv_z[t] : acc_t(0);
-  for (int64_t c = 0; c < C; ++c) {
-    acc_t* xc = x + c * kTile;
-#pragma omp simd
-    for (int64_t t = 0; t < kTile; ++t) {
-      const acc_t s = xc[t] * inv_z[t];  // load unconditionally so the select vectorises
-      xc[t] = tl.cls[t] >= 0 ? s : acc_t(0);
-    }
-  }
+}
+
+// s_c of a voxel from softmax_tile's e_c and inv_z; exactly 0 for ignored voxels (even when their
+// logits are not finite).
+template <typename acc_t>
+SEGLOSSES_ALWAYS_INLINE acc_t tile_prob(acc_t e, acc_t inv_z, int32_t cls) {
+  const acc_t s = e * inv_z;
+  return cls >= 0 ? s : acc_t(0);
 }
 
 inline int64_t num_chunks(int64_t S) { return (S + kChunk - 1) / kChunk; }
@@ -159,14 +171,16 @@ SEGLOSSES_CPU_CLONES void sums_chunk(Tile<acc_t>& tl, const scalar_t* xb, const 
       continue;
     }
     softmax_tile(tl, C);
+    const acc_t* inv_z = tl.inv_z;
     for (int64_t c = 0; c < C; ++c) {
-      const acc_t* s = tl.x.data() + c * kTile;
+      const acc_t* e = tl.x.data() + c * kTile;
       const int32_t ci = static_cast<int32_t>(c);
       acc_t sP = 0, sI = 0, sT = 0;
 #pragma omp simd reduction(+ : sP, sI, sT)
       for (int64_t t = 0; t < kTile; ++t) {
-        sP += ipow_n<PP>(s[t], p);
-        sI += cls[t] == ci ? s[t] : acc_t(0);
+        const acc_t st = tile_prob(e[t], inv_z[t], cls[t]);
+        sP += ipow_n<PP>(st, p);
+        sI += cls[t] == ci ? st : acc_t(0);
         sT += cls[t] == ci ? acc_t(1) : acc_t(0);
       }
       P[c] += sP, I[c] += sI, T[c] += sT;
@@ -225,17 +239,20 @@ SEGLOSSES_CPU_CLONES void backward_chunk(Tile<acc_t>& tl, const scalar_t* xb, co
       continue;
     }
     softmax_tile(tl, C);
+    const acc_t* inv_z = tl.inv_z;
     acc_t* dot = tl.dot;
     for (int64_t t = 0; t < kTile; ++t) dot[t] = acc_t(0);
     for (int64_t c = 0; c < C; ++c) {
-      const acc_t* s = tl.x.data() + c * kTile;
+      acc_t* s = tl.x.data() + c * kTile;  // e_c in, s_c out
       acc_t* gc = tl.g.data() + c * kTile;
       const acc_t ac = a[c], bc = bt[c];
       const int32_t ci = static_cast<int32_t>(c);
 #pragma omp simd
       for (int64_t t = 0; t < kTile; ++t) {
-        gc[t] = class_grad<PM1>(ac, bc, s[t], cls[t] == ci, p);
-        dot[t] += gc[t] * s[t];
+        const acc_t st = tile_prob(s[t], inv_z[t], cls[t]);
+        s[t] = st;
+        gc[t] = class_grad<PM1>(ac, bc, st, cls[t] == ci, p);
+        dot[t] += gc[t] * st;
       }
     }
     for (int64_t c = 0; c < C; ++c) {
