@@ -14,6 +14,10 @@
 //      once two different labels have met, a label histogram (merged small-into-large). A
 //      merging edge counts same-label pairs sum_l hA[l] hB[l] (GT-1 edges, or any edge when
 //      unconstrained) and different-label pairs nA nB - sum_l hA[l] hB[l] (GT-0 edges, or any).
+// When every GT-1 edge joins two voxels of one non-zero label (always when the GT affinities come
+// from gt_seg), the GT-1 group splits into independent parts by label: each part is sorted and
+// swept while it is in cache, with components that hold one label only, so a merge counts
+// size_a * size_b (single_label_sweep). The GT-0 group is then swept with full label data.
 // Counts are exact (uint64). Samples of a batch run in parallel (at::parallel_for); each sample is
 // computed exactly as in a serial run.
 #include <ATen/ATen.h>
@@ -28,13 +32,12 @@
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
 #include "malis.h"
-
 
 namespace seglosses {
 namespace malis {
