@@ -18,6 +18,7 @@
 
 #include <vector>
 
+#include "cpu_clones.h"
 #include "dice.h"
 #include "dice_math.h"
 
@@ -25,17 +26,9 @@ namespace seglosses {
 namespace dice {
 namespace {
 
-// The tile loops are compiled three times, for AVX-512, AVX2 and the x86-64 baseline (SSE2), and
-// the loader picks the best clone the CPU supports (GCC function multi-versioning, an ifunc). The
-// AVX-512 clone may fuse multiply-adds, so the last bits can differ between CPUs with and without
-// AVX-512; on one machine results stay deterministic and independent of the thread count. Other
-// compilers and platforms build the baseline only.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
-#define SEGLOSSES_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SEGLOSSES_CPU_CLONES
-#endif
-#define SEGLOSSES_ALWAYS_INLINE inline __attribute__((always_inline))
+// The tile loops are compiled for AVX-512, AVX2 and the x86-64 baseline (SEGLOSSES_CPU_CLONES).
+// The AVX-512 clone may fuse multiply-adds, so the last bits can differ between CPUs with and
+// without AVX-512; on one machine results stay deterministic and independent of the thread count.
 
 constexpr int64_t kTile = 256;
 constexpr int64_t kChunk = 8192;  // voxels per chunk; fixed so results do not depend on threads
