@@ -16,10 +16,9 @@ import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(1, os.path.dirname(HERE))  # the repository root: the in-place build of seglosses
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import common  # noqa: E402
 import malis as bench_malis  # noqa: E402  (bench/malis.py: the same data)
 
 
@@ -29,6 +28,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=40)
     args = parser.parse_args()
 
+    common.add_repo_to_path()
     import torch
 
     import seglosses

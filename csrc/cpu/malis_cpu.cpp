@@ -361,7 +361,6 @@ class Components {
 
   const Node* nodes() const { return nodes_; }
   Node* nodes() { return nodes_; }
-  uint32_t size(uint32_t r) const { return nodes_[r].size; }
   uint64_t labelled(uint32_t r) const { return info_[r].nlab; }
 
   // After merges that bypassed unite() (single_label_sweep): components of voxels that all carry
