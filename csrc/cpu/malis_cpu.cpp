@@ -29,8 +29,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -447,13 +450,29 @@ class Components {
   std::vector<int32_t> free_;
 };
 
-// A grow-only buffer of trivially copyable T, left uninitialised.
+// A grow-only buffer of trivially copyable T, left uninitialised. Large buffers are 2 MiB aligned
+// and asked to be backed by transparent huge pages (fewer TLB misses in the sweep, the radix
+// scatters and the part scatter, which touch them at random; measured: 0.144 -> 0.138 s per
+// 128^3 sample).
 template <typename T>
 class Buffer {
  public:
   T* get(int64_t n) {
     if (n > cap_) {
-      data_.reset(new T[static_cast<size_t>(n)]);
+      data_.reset();
+      const size_t bytes = static_cast<size_t>(n) * sizeof(T);
+      if (bytes >= kHuge) {
+        const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+        void* p = std::aligned_alloc(kHuge, rounded);
+        TORCH_CHECK(p != nullptr, "malis_weights: out of memory allocating ", rounded, " bytes of scratch");
+#ifdef MADV_HUGEPAGE
+        madvise(p, rounded, MADV_HUGEPAGE);  // a hint: failure only costs speed
+#endif
+        data_.reset(static_cast<T*>(p));
+      } else {
+        data_.reset(static_cast<T*>(std::malloc(std::max<size_t>(bytes, 1))));
+        TORCH_CHECK(data_ != nullptr, "malis_weights: out of memory allocating ", bytes, " bytes of scratch");
+      }
       cap_ = n;
     }
     return data_.get();
@@ -467,7 +486,11 @@ class Buffer {
   }
 
  private:
-  std::unique_ptr<T[]> data_;
+  static constexpr size_t kHuge = size_t(1) << 21;
+  struct Free {
+    void operator()(T* p) const { std::free(p); }
+  };
+  std::unique_ptr<T, Free> data_;
   int64_t cap_ = 0;
 };
 
@@ -481,9 +504,11 @@ struct Workspace {
   Buffer<Components::Node> nodes;
   Buffer<Components::Info> info;
   Buffer<uint8_t> flags;
+  Buffer<int32_t> labels;
 
   int64_t release() {
-    return items.release() + tmp.release() + merges.release() + nodes.release() + info.release() + flags.release();
+    return items.release() + tmp.release() + merges.release() + nodes.release() + info.release() + flags.release() +
+           labels.release();
   }
 };
 
@@ -513,6 +538,17 @@ Workspace& workspace() {
   };
   thread_local Holder holder;
   return holder.ws;
+}
+
+// A sample's labels as int32: int32 labels as they are; int64 labels (whose values dense_labels
+// checked to fit) copied into the thread's workspace: ~2 ms per 128^3 sample against ~6 ms for a
+// fresh int32 tensor, and reading 8-byte labels in every pass instead was slower still.
+const int32_t* int32_labels(const int32_t* seg, int64_t) { return seg; }
+
+const int32_t* int32_labels(const int64_t* seg, int64_t V) {
+  int32_t* out = workspace().labels.get(V);
+  for (int64_t v = 0; v < V; ++v) out[v] = static_cast<int32_t>(seg[v]);
+  return out;
 }
 
 struct SampleResult {
@@ -574,7 +610,11 @@ inline uint32_t part_of(int32_t label) {
 void partition_by_part(const uint64_t* items, int64_t n, uint64_t* out, const int64_t* part_start, const int32_t* seg,
                        uint32_t vmask) {
   std::vector<int64_t> fill(part_start, part_start + kParts);
-  for (int64_t i = 0; i < n; ++i) out[fill[part_of(seg[static_cast<uint32_t>(items[i]) & vmask])]++] = items[i];
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t& f = fill[part_of(seg[static_cast<uint32_t>(items[i]) & vmask])];
+    __builtin_prefetch(out + f + 64, 1);  // each part's output a few lines ahead
+    out[f++] = items[i];
+  }
 }
 
 // Sweep state shared by the passes of one sample.
@@ -611,6 +651,31 @@ inline void prefetch_ahead(const Components::Node* nodes, const Geometry& g, con
     const uint32_t vn = pn & vmask;
     __builtin_prefetch(nodes + nodes[vn].parent);
     __builtin_prefetch(nodes + nodes[vn + g.delta[pn >> shift]].parent);
+  }
+}
+
+// Asks for a part's items (read) and its sort scratch (written) to be brought into cache before
+// the part's radix sort, whose scatter would otherwise miss the cache one item at a time
+// (measured: the per-part sorts of a 128^3 sample went from 30 to 17 ms, plus 3.5 ms for this).
+void prefetch_items(const uint64_t* items, uint64_t* scratch, int64_t n) {
+  constexpr int64_t kLine = 64 / sizeof(uint64_t);
+  for (int64_t i = 0; i < n; i += kLine) {
+    __builtin_prefetch(items + i);
+    __builtin_prefetch(scratch + i, 1);
+  }
+}
+
+// Asks for the union-find nodes of the items' endpoints to be brought into cache. Run just before
+// a part's sweep, this independent pass overlaps the cache misses that the sweep, whose steps
+// depend on each other, would take one after the other (measured: -10 ms of a 128^3 sample's
+// 47 ms sweep; prefetching during the part's radix sort instead saved nothing).
+void prefetch_nodes(const Components::Node* nodes, const Geometry& g, const uint64_t* items, int64_t n, int shift,
+                    uint32_t vmask) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t payload = static_cast<uint32_t>(items[i]);
+    const uint32_t v = payload & vmask;
+    __builtin_prefetch(nodes + v);
+    __builtin_prefetch(nodes + v + g.delta[payload >> shift]);
   }
 }
 
@@ -721,6 +786,10 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t
   uint64_t* tmp = ws.tmp.get(std::max<int64_t>(1, n_valid));
   std::vector<int64_t> part_start(kParts + 1, 0);
   int64_t front = 0, back = n_valid;
+  // Part counts are kept per run of one label (neighbouring voxels mostly share it), so that
+  // successive edges do not increment one counter in memory one after the other.
+  int32_t run_label = 0;
+  int64_t run = 0;
   for (int64_t c = 0; c < C; ++c) {
     const scalar_t* pc = pred + c * V;
     const uint8_t* fc = flags + c * V;
@@ -735,10 +804,16 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t
         items[back - 1] = item;
         front += keep & !late;
         back -= keep & late;
-        if (single_label) part_start[part_of(seg[v]) + 1] += keep & !late;
+        if (seg[v] != run_label) {
+          part_start[part_of(run_label) + 1] += run;
+          run_label = seg[v];
+          run = 0;
+        }
+        run += keep & !late;
       }
     });
   }
+  part_start[part_of(run_label) + 1] += run;
   const int64_t n_first = front, n_second = n_valid - back;
   std::reverse(items + back, items + n_valid);
   std::memmove(items + n_first, items + back, static_cast<size_t>(n_second) * sizeof(uint64_t));
@@ -755,7 +830,9 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t
     partition_by_part(items, n_first, tmp, part_start.data(), seg, st.vmask);
     for (uint32_t p = 0; p < kParts; ++p) {
       const int64_t lo = part_start[p], n = part_start[p + 1] - lo;
+      prefetch_items(tmp + lo, items + lo, n);
       sort_by_key(tmp + lo, n, items + lo);
+      prefetch_nodes(comp.nodes(), g, tmp + lo, n, shift, st.vmask);
       single_label_sweep(comp, st, tmp + lo, n);
     }
     comp.restore_single_label_info(V);
@@ -772,19 +849,22 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t
 // Op entry points
 // ---------------------------------------------------------------------------------------------
 struct Inputs {
-  at::Tensor pred, seg, gt, mask;  // contiguous; seg int32 (dense_labels); gt / mask bool or undefined
+  at::Tensor pred, seg, gt, mask;  // contiguous; seg int32 or int64 (dense_labels); gt / mask bool or undefined
   Geometry g;
   int64_t B = 0;
 };
 
-// Labels as int32 with the same equalities and the same zeros: the values themselves when they fit,
-// else their rank among the sample's distinct labels.
+// Labels whose values fit in int32, with the same equalities and the same zeros: int64 labels as
+// they are when their values fit (int32_labels narrows them per sample into scratch), other
+// integer types as int32, and labels above the int32 range as their rank among the distinct labels.
 at::Tensor dense_labels(const char* op, const at::Tensor& seg) {
   if (seg.numel() == 0) return seg.to(at::kInt).contiguous();
   const auto range = at::aminmax(seg);
   const int64_t lo = std::get<0>(range).item<int64_t>();
   TORCH_CHECK_VALUE(lo >= 0, op, ": gt_seg labels must be >= 0, got ", lo);
-  if (std::get<1>(range).item<int64_t>() <= std::numeric_limits<int32_t>::max()) return seg.to(at::kInt).contiguous();
+  if (std::get<1>(range).item<int64_t>() <= std::numeric_limits<int32_t>::max()) {
+    return seg.scalar_type() == at::kLong ? seg.contiguous() : seg.to(at::kInt).contiguous();
+  }
   const at::Tensor s = seg.to(at::kLong);
   const at::Tensor inverse = std::get<1>(at::_unique(s.flatten(), /*sorted=*/true, /*return_inverse=*/true));
   return (inverse + (lo == 0 ? 0 : 1)).to(at::kInt).view(s.sizes()).contiguous();
@@ -829,16 +909,23 @@ void run_batch(const Inputs& in, bool constrained, Write&& write) {
   const int64_t E = in.g.C * in.g.V;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "malis_weights_cpu", [&] {
     const scalar_t* pred = in.pred.const_data_ptr<scalar_t>();
-    const int32_t* seg = in.seg.const_data_ptr<int32_t>();
     const bool* gt = in.gt.defined() ? in.gt.const_data_ptr<bool>() : nullptr;
     const bool* mask = in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr;
-    at::parallel_for(0, in.B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        SampleResult r = malis_sample<scalar_t>(in.g, pred + b * E, seg + b * in.g.V, gt ? gt + b * E : nullptr,
-                                                mask ? mask + b * E : nullptr, constrained, b);
-        write(b, r);
-      }
-    });
+    auto run = [&](const auto* seg) {
+      at::parallel_for(0, in.B, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const int32_t* s32 = int32_labels(seg + b * in.g.V, in.g.V);
+          SampleResult r = malis_sample(in.g, pred + b * E, s32, gt ? gt + b * E : nullptr,
+                                        mask ? mask + b * E : nullptr, constrained, b);
+          write(b, r);
+        }
+      });
+    };
+    if (in.seg.scalar_type() == at::kLong) {
+      run(in.seg.const_data_ptr<int64_t>());
+    } else {
+      run(in.seg.const_data_ptr<int32_t>());
+    }
   });
 }
 
@@ -856,10 +943,12 @@ at::Tensor malis_weights_cpu(const at::Tensor& pred, const at::Tensor& seg, cons
     const double sn = r.total_neg ? 1.0 / static_cast<double>(r.total_neg) : 0.0;
     float* ob = out + b * E;
     for (int64_t i = 0; i < r.n_merges; ++i) {
+      // Scattered writes: ask for the line ahead (measured: 16 -> 11 ms per 128^3 sample).
+      if (i + 32 < r.n_merges) __builtin_prefetch(ob + r.merges[i + 32].edge, 1);
       const Merge& m = r.merges[i];
-      double w = double(m.count) * (m.neg ? sn : sp);
-      if (i + 1 < r.n_merges && r.merges[i + 1].edge == m.edge) w += double(r.merges[++i].count) * sn;
-      ob[m.edge] = static_cast<float>(w);
+      double weight = double(m.count) * (m.neg ? sn : sp);
+      if (i + 1 < r.n_merges && r.merges[i + 1].edge == m.edge) weight += double(r.merges[++i].count) * sn;
+      ob[m.edge] = static_cast<float>(weight);
     }
   });
   return w;
