@@ -9,8 +9,8 @@
 //      last can never merge and is left out of steps 1-3 (drop_cycle_maxima; ~47 % of the edges
 //      with random affinities);
 //   1. keys: the prediction's float32 bits, made monotone and inverted (descending order). The
-//      remaining edges are written in index order, GT-1 edges to the front of the buffer, GT-0
-//      edges to the back (constrained) or all together (unconstrained);
+//      remaining edges are written in index order, GT-1 edges (constrained; all edges when
+//      unconstrained) into one buffer, GT-0 edges into another;
 //   2. each group is sorted by an LSD radix sort on the key (stable: ties stay in index order);
 //   3. the sweep walks GT-1 edges then GT-0 edges through a 32-bit union-find (path halving,
 //      union by size). A component knows its labelled-voxel count and either its single label or,
@@ -18,8 +18,8 @@
 //      merging edge counts same-label pairs sum_l hA[l] hB[l] (GT-1 edges, or any edge when
 //      unconstrained) and different-label pairs nA nB - sum_l hA[l] hB[l] (GT-0 edges, or any).
 // When every GT-1 edge joins two voxels of one non-zero label (always when the GT affinities come
-// from gt_seg), the GT-1 group splits into independent parts by label: each part is sorted and
-// swept while it is in cache, with components that hold one label only, so a merge counts
+// from gt_seg), the GT-1 group splits into independent parts by label (step 1 writes each edge
+// straight into its part): each part is sorted and swept while it is in cache, with components that hold one label only, so a merge counts
 // size_a * size_b (single_label_sweep, branch-free). The GT-0 group is then swept with full label
 // data.
 // Counts are exact (uint64). Samples of a batch run in parallel (at::parallel_for); each sample is
@@ -120,12 +120,13 @@ int64_t valid_edges(const Geometry& g, int64_t c) {
 // Sort keys and the radix sort
 // ---------------------------------------------------------------------------------------------
 // Key whose ascending order is the descending order of f (f finite); -0 and +0 are equal.
+// Branch-free (emission runs it on every edge).
 inline uint32_t descending_key(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
-  if (f == 0.0f) u = 0;  // fold -0 into +0
-  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  return ~u;
+  u = (u << 1) == 0 ? 0u : u;  // fold -0 into +0
+  const uint32_t neg = static_cast<uint32_t>(static_cast<int32_t>(u) >> 31);
+  return ~(u ^ (neg | 0x80000000u));  // negative: all bits flipped; else the sign bit set
 }
 
 // Stable LSD radix sort of n items by their upper 32 bits (the key), kDigit bits per pass; the low
@@ -606,15 +607,29 @@ inline uint32_t part_of(int32_t label) {
   return (static_cast<uint32_t>(label) * 2654435761u) >> (32 - kPartBits);
 }
 
-// Stable scatter of items into their parts: part p occupies out[part_start[p], part_start[p+1]).
-void partition_by_part(const uint64_t* items, int64_t n, uint64_t* out, const int64_t* part_start, const int32_t* seg,
-                       uint32_t vmask) {
-  std::vector<int64_t> fill(part_start, part_start + kParts);
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t& f = fill[part_of(seg[static_cast<uint32_t>(items[i]) & vmask])];
-    __builtin_prefetch(out + f + 64, 1);  // each part's output a few lines ahead
-    out[f++] = items[i];
+// Room for each part's GT-1 items: C slots per voxel of the part's labels (an upper bound: one
+// edge per channel and voxel), laid out part after part. start[p] is part p's first slot; the
+// sum is C * V. With one_part (the GT-1 group does not split), part 0 gets all the room.
+std::vector<int64_t> part_room(const int32_t* seg, int64_t V, int64_t C, bool one_part) {
+  std::vector<int64_t> start(kParts + 1, 0);
+  if (one_part) {
+    start.assign(kParts + 1, C * V);
+    start[0] = 0;
+    return start;
   }
+  int32_t run_label = seg[0];
+  int64_t run = 0;
+  for (int64_t v = 0; v < V; ++v) {  // counted per run of one label
+    if (seg[v] != run_label) {
+      start[part_of(run_label) + 1] += run;
+      run_label = seg[v];
+      run = 0;
+    }
+    ++run;
+  }
+  start[part_of(run_label) + 1] += run;
+  for (uint32_t p = 0; p < kParts; ++p) start[p + 1] = start[p] + C * start[p + 1];
+  return start;
 }
 
 // Sweep state shared by the passes of one sample.
@@ -779,69 +794,72 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t
   }
   drop_cycle_maxima(g, square_pairs(g), pred, flags);
 
-  // 2. Keys of the edges not dropped, in index order: GT-1 edges (constrained; all edges
-  //    otherwise) to the front, counted by part, GT-0 edges to the back (filled backwards, then
-  //    reversed and moved down to follow the first group).
+  // 2. Keys of the edges not dropped, in index order (so that the stable sorts keep ties in index
+  //    order): GT-1 edges (constrained; all edges otherwise) into the room of their part in tmp,
+  //    GT-0 edges to the front of items.
+  const bool one_part = !single_label;
+  const std::vector<int64_t> part_start = part_room(seg, V, C, one_part);
+  std::vector<int64_t> part_end(part_start.begin(), part_start.end() - 1);
   uint64_t* items = ws.items.get(std::max<int64_t>(1, n_valid));
-  uint64_t* tmp = ws.tmp.get(std::max<int64_t>(1, n_valid));
-  std::vector<int64_t> part_start(kParts + 1, 0);
-  int64_t front = 0, back = n_valid;
-  // Part counts are kept per run of one label (neighbouring voxels mostly share it), so that
-  // successive edges do not increment one counter in memory one after the other.
-  int32_t run_label = 0;
-  int64_t run = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    const scalar_t* pc = pred + c * V;
-    const uint8_t* fc = flags + c * V;
-    const uint64_t cbits = uint64_t(c) << shift;
-    for_each_edge_row(g, c, [&](int64_t v0, int64_t len) {
-      // Branch-free: the item goes to both free slots and the cursor of its group moves.
-      for (int64_t v = v0; v < v0 + len; ++v) {
-        const uint8_t f = fc[v];
-        const uint64_t item = (uint64_t(descending_key(static_cast<float>(pc[v]))) << 32) | cbits | uint64_t(v);
-        const int64_t keep = !(f & kDropped), late = f & kLate;
-        items[front] = item;
-        items[back - 1] = item;
-        front += keep & !late;
-        back -= keep & late;
-        if (seg[v] != run_label) {
-          part_start[part_of(run_label) + 1] += run;
-          run_label = seg[v];
-          run = 0;
+  uint64_t* tmp = ws.tmp.get(std::max<int64_t>(1, E));
+  int64_t n_second = 0;
+  {
+    // The fill of the part of the current run of one label is kept in `fill` (neighbouring voxels
+    // mostly share a label). Branch-free: every item is written at its part's fill, which moves
+    // only for a GT-1 item. That slot is inside the part's room: of the C * n slots of a part of n
+    // voxels, the items written so far and the edges of those voxels that are not GT-1 items
+    // (this one included) take distinct slots.
+    int32_t run_label = one_part ? 0 : seg[0];
+    int64_t fill = part_end[part_of(run_label)];
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t* pc = pred + c * V;
+      const uint8_t* fc = flags + c * V;
+      const uint64_t cbits = uint64_t(c) << shift;
+      for_each_edge_row(g, c, [&](int64_t v0, int64_t len) {
+        for (int64_t v = v0; v < v0 + len; ++v) {
+          const int32_t label = one_part ? 0 : seg[v];
+          if (label != run_label) {
+            part_end[part_of(run_label)] = fill;
+            run_label = label;
+            fill = part_end[part_of(label)];
+          }
+          const uint8_t f = fc[v];
+          const uint64_t item = (uint64_t(descending_key(static_cast<float>(pc[v]))) << 32) | cbits | uint64_t(v);
+          const bool first = (f & (kDropped | kLate)) == 0, second = (f & (kDropped | kLate)) == kLate;
+          tmp[fill] = item;
+          fill += first;
+          items[n_second] = item;  // n_second < the edges seen so far <= n_valid
+          n_second += second;
         }
-        run += keep & !late;
-      }
-    });
+      });
+    }
+    part_end[part_of(run_label)] = fill;
   }
-  part_start[part_of(run_label) + 1] += run;
-  const int64_t n_first = front, n_second = n_valid - back;
-  std::reverse(items + back, items + n_valid);
-  std::memmove(items + n_first, items + back, static_cast<size_t>(n_second) * sizeof(uint64_t));
+  // Sort scratch: items after the GT-0 group (room for n_valid - n_second items, at least as many
+  // as there are GT-1 items).
+  uint64_t* scratch = items + n_second;
 
-  // 3. Sort and sweep. Group 1: by part (a stable counting sort; an item's part is recomputed from
-  //    the label of its voxel), then part after part, each sorted by key and swept while it is in
-  //    cache. Group 2: sorted by key and swept.
+  // 3. Sort and sweep. Group 1: part after part, each sorted by key and swept while it is in cache
+  //    (or as one part). Group 2: sorted by key and swept.
   SampleResult res;
   res.merges = ws.merges.get(std::max<int64_t>(1, 2 * std::min<int64_t>(V, n_valid)));
   Components comp(V, seg, ws.nodes.get(V), ws.info.get(V));
   SweepState st{g, shift, static_cast<uint32_t>((uint64_t(1) << shift) - 1), mask, res, V};
-  if (single_label && n_first > 0) {
-    for (uint32_t p = 0; p < kParts; ++p) part_start[p + 1] += part_start[p];
-    partition_by_part(items, n_first, tmp, part_start.data(), seg, st.vmask);
+  if (single_label) {
     for (uint32_t p = 0; p < kParts; ++p) {
-      const int64_t lo = part_start[p], n = part_start[p + 1] - lo;
-      prefetch_items(tmp + lo, items + lo, n);
-      sort_by_key(tmp + lo, n, items + lo);
+      const int64_t lo = part_start[p], n = part_end[p] - lo;
+      prefetch_items(tmp + lo, scratch, n);
+      sort_by_key(tmp + lo, n, scratch);
       prefetch_nodes(comp.nodes(), g, tmp + lo, n, shift, st.vmask);
       single_label_sweep(comp, st, tmp + lo, n);
     }
     comp.restore_single_label_info(V);
   } else {
-    sort_by_key(items, n_first, tmp);
-    sweep(comp, st, items, n_first, constrained, /*first_group=*/true);
+    sort_by_key(tmp, part_end[0], scratch);
+    sweep(comp, st, tmp, part_end[0], constrained, /*first_group=*/true);
   }
-  sort_by_key(items + n_first, n_second, tmp + n_first);
-  sweep(comp, st, items + n_first, n_second, constrained, /*first_group=*/false);
+  sort_by_key(items, n_second, tmp);
+  sweep(comp, st, items, n_second, constrained, /*first_group=*/false);
   return res;
 }
 
