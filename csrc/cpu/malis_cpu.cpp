@@ -347,11 +347,22 @@ class Components {
     int32_t lab;    // > 0: the only label (dense id); 0: no labelled voxel; < 0: -(histogram + 1)
   };
 
-  Components(int64_t V, const int32_t* seg, Node* nodes, Info* info) : nodes_(nodes), info_(info) {
+  // Singletons. on_run(label, n) is called for each run of n consecutive voxels of one label (in
+  // the same pass over the labels, V >= 1).
+  template <typename OnRun>
+  Components(int64_t V, const int32_t* seg, Node* nodes, Info* info, OnRun&& on_run) : nodes_(nodes), info_(info) {
+    int32_t run_label = seg[0];
+    int64_t run_start = 0;
     for (int64_t v = 0; v < V; ++v) {
       nodes_[v] = {static_cast<uint32_t>(v), 1u};
       info_[v] = {seg[v] != 0 ? 1u : 0u, seg[v]};
+      if (seg[v] != run_label) {
+        on_run(run_label, v - run_start);
+        run_label = seg[v];
+        run_start = v;
+      }
     }
+    on_run(run_label, V - run_start);
   }
 
   uint32_t find(uint32_t x) {
@@ -608,27 +619,15 @@ inline uint32_t part_of(int32_t label) {
 }
 
 // Room for each part's GT-1 items: C slots per voxel of the part's labels (an upper bound: one
-// edge per channel and voxel), laid out part after part. start[p] is part p's first slot; the
-// sum is C * V. With one_part (the GT-1 group does not split), part 0 gets all the room.
-std::vector<int64_t> part_room(const int32_t* seg, int64_t V, int64_t C, bool one_part) {
-  std::vector<int64_t> start(kParts + 1, 0);
-  if (one_part) {
-    start.assign(kParts + 1, C * V);
-    start[0] = 0;
-    return start;
+// edge per channel and voxel), laid out part after part. voxels[p]: the voxels of part p.
+// start[p] is part p's first slot; the sum is C * V. With one_part (the GT-1 group does not
+// split), part 0 gets all the room.
+std::vector<int64_t> part_room(const std::vector<int64_t>& voxels, int64_t V, int64_t C, bool one_part) {
+  std::vector<int64_t> start(kParts + 1, C * V);
+  start[0] = 0;
+  if (!one_part) {
+    for (uint32_t p = 0; p < kParts; ++p) start[p + 1] = start[p] + C * voxels[p];
   }
-  int32_t run_label = seg[0];
-  int64_t run = 0;
-  for (int64_t v = 0; v < V; ++v) {  // counted per run of one label
-    if (seg[v] != run_label) {
-      start[part_of(run_label) + 1] += run;
-      run_label = seg[v];
-      run = 0;
-    }
-    ++run;
-  }
-  start[part_of(run_label) + 1] += run;
-  for (uint32_t p = 0; p < kParts; ++p) start[p + 1] = start[p] + C * start[p + 1];
   return start;
 }
 
@@ -798,7 +797,10 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t
   //    order): GT-1 edges (constrained; all edges otherwise) into the room of their part in tmp,
   //    GT-0 edges to the front of items.
   const bool one_part = !single_label;
-  const std::vector<int64_t> part_start = part_room(seg, V, C, one_part);
+  std::vector<int64_t> part_voxels(kParts, 0);
+  Components comp(V, seg, ws.nodes.get(V), ws.info.get(V),
+                  [&](int32_t label, int64_t n) { part_voxels[part_of(label)] += n; });
+  const std::vector<int64_t> part_start = part_room(part_voxels, V, C, one_part);
   std::vector<int64_t> part_end(part_start.begin(), part_start.end() - 1);
   uint64_t* items = ws.items.get(std::max<int64_t>(1, n_valid));
   uint64_t* tmp = ws.tmp.get(std::max<int64_t>(1, E));
@@ -843,7 +845,6 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t
   //    (or as one part). Group 2: sorted by key and swept.
   SampleResult res;
   res.merges = ws.merges.get(std::max<int64_t>(1, 2 * std::min<int64_t>(V, n_valid)));
-  Components comp(V, seg, ws.nodes.get(V), ws.info.get(V));
   SweepState st{g, shift, static_cast<uint32_t>((uint64_t(1) << shift) - 1), mask, res, V};
   if (single_label) {
     for (uint32_t p = 0; p < kParts; ++p) {
