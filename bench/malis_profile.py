@@ -1,6 +1,6 @@
 """Loop seglosses.malis_weights on one 128^3 sample of bench/malis.py's data, for a profiler.
 
-Usage (a profile of where the time goes; BENCHMARKS.md quotes it and per-phase timers)::
+Usage (a CPU profile of where the time goes)::
 
     perf record -e cpu-clock -F 5000 -o /tmp/perf.data .venv/bin/python bench/malis_profile.py --calls 40
     perf report -i /tmp/perf.data --no-children --sort symbol
