@@ -19,9 +19,9 @@
 //      unconstrained) and different-label pairs nA nB - sum_l hA[l] hB[l] (GT-0 edges, or any).
 // When every GT-1 edge joins two voxels of one non-zero label (always when the GT affinities come
 // from gt_seg), the GT-1 group splits into independent parts by label (step 1 writes each edge
-// straight into its part): each part is sorted and swept while it is in cache, with components that hold one label only, so a merge counts
-// size_a * size_b (single_label_sweep, branch-free). The GT-0 group is then swept with full label
-// data.
+// straight into its part): each part is sorted and swept while it is in cache, with components
+// that hold one label only, so a merge counts size_a * size_b (single_label_sweep, branch-free).
+// The GT-0 group is then swept with full label data.
 // Counts are exact (uint64). Samples of a batch run in parallel (at::parallel_for); each sample is
 // computed exactly as in a serial run.
 #include <ATen/ATen.h>
@@ -29,7 +29,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <sys/mman.h>
+#if __has_include(<sys/mman.h>)
+#include <sys/mman.h>  // madvise (huge pages for the scratch buffers)
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -516,7 +518,7 @@ class Buffer {
         const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
         void* p = std::aligned_alloc(kHuge, rounded);
         TORCH_CHECK(p != nullptr, "malis_weights: out of memory allocating ", rounded, " bytes of scratch");
-#ifdef MADV_HUGEPAGE
+#if defined(MADV_HUGEPAGE)
         madvise(p, rounded, MADV_HUGEPAGE);  // a hint: failure only costs speed
 #endif
         data_.reset(static_cast<T*>(p));
