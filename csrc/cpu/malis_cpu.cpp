@@ -131,6 +131,54 @@ inline uint32_t descending_key(float f) {
   return ~(u ^ (neg | 0x80000000u));  // negative: all bits flipped; else the sign bit set
 }
 
+#if SEGLOSSES_HAVE_AVX512
+// 16 predictions as float32 (lanes outside m read nothing and are 0), for the AVX-512 kernels.
+template <typename scalar_t>
+SEGLOSSES_AVX512 inline __m512 load_floats16(const scalar_t* p, __mmask16 m) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return _mm512_maskz_loadu_ps(m, p);
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    const __m256 lo = _mm512_cvtpd_ps(_mm512_maskz_loadu_pd(static_cast<__mmask8>(m), p));
+    const __m256 hi = _mm512_cvtpd_ps(_mm512_maskz_loadu_pd(static_cast<__mmask8>(m >> 8), p + 8));
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+  } else {
+    static_assert(std::is_same_v<scalar_t, c10::BFloat16>);
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
+}
+
+// descending_key on 16 lanes.
+SEGLOSSES_AVX512 inline __m512i descending_keys16(__m512 x) {
+  __m512i u = _mm512_castps_si512(x);
+  u = _mm512_maskz_mov_epi32(_mm512_test_epi32_mask(u, _mm512_set1_epi32(0x7fffffff)), u);  // -0 -> +0
+  const __m512i neg = _mm512_srai_epi32(u, 31);
+  const __m512i flip = _mm512_or_si512(neg, _mm512_set1_epi32(static_cast<int32_t>(0x80000000u)));
+  return _mm512_xor_si512(_mm512_xor_si512(u, flip), _mm512_set1_epi32(-1));
+}
+
+#endif  // SEGLOSSES_HAVE_AVX512
+
+// Whether the AVX-512 kernels may run: the CPU has AVX-512 F/BW/DQ/VL and SEGLOSSES_DISABLE_AVX512
+// is not set to a non-empty value other than "0" (the tests use it to run the portable kernels).
+bool use_avx512() {
+#if SEGLOSSES_HAVE_AVX512
+  static const bool ok = [] {
+    const char* off = std::getenv("SEGLOSSES_DISABLE_AVX512");
+    if (off != nullptr && off[0] != '\0' && std::strcmp(off, "0") != 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+
 // Stable LSD radix sort of n items by their upper 32 bits (the key), kDigit bits per pass; the low
 // 32 bits (the edge payload) ride along. Passes whose digit is the same for every item are
 // skipped. tmp holds n items of scratch; the result is left in items.
@@ -340,17 +388,77 @@ SEGLOSSES_CPU_CLONES void drop_square_row(const scalar_t* p1, const scalar_t* p2
   }
 }
 
+#if SEGLOSSES_HAVE_AVX512
+// Order keys of 16 edges (lanes outside m: 0).
+template <typename scalar_t>
+SEGLOSSES_AVX512 inline __m512i order_keys16(const scalar_t* p, const uint8_t* f, __mmask16 m) {
+  const __m512i key = descending_keys16(load_floats16(p, m));
+  const __m512i fl = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, f));
+  static_assert(kLate == 1, "the late bit is shifted from bit 0 to bit 31");
+  return _mm512_or_si512(_mm512_slli_epi32(fl, 31), _mm512_srli_epi32(key, 1));
+}
+
+// Sets kDropped in the flags of the lanes in d.
+SEGLOSSES_AVX512 inline void mark(uint8_t* f, __mmask16 d) {
+  _mm_mask_storeu_epi8(f, d, _mm_or_si128(_mm_maskz_loadu_epi8(d, f), _mm_set1_epi8(static_cast<char>(kDropped))));
+}
+
+// drop_square_row with AVX-512: the same marks (the strictly unique maximum of each square), 16
+// squares per block; a row's last block is masked instead of overlapping the one before.
+template <typename scalar_t>
+SEGLOSSES_AVX512 void drop_square_row_avx512(const scalar_t* p1, const scalar_t* p2, uint8_t* f1, uint8_t* f2,
+                                             int64_t v0, int64_t n, int64_t d1, int64_t d2) {
+  constexpr int64_t kChunk = 16;
+  __mmask16 drop[4][kChunk];
+  const int64_t n_blocks = (n + 15) / 16;
+  for (int64_t b0 = 0; b0 < n_blocks; b0 += kChunk) {
+    const int64_t nb = std::min(kChunk, n_blocks - b0);
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t v = v0 + (b0 + b) * 16, left = v0 + n - v;
+      const __mmask16 m = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+      const __m512i k0 = order_keys16(p1 + v, f1 + v, m);
+      const __m512i k1 = order_keys16(p2 + v + d1, f2 + v + d1, m);
+      const __m512i k2 = order_keys16(p1 + v + d2, f1 + v + d2, m);
+      const __m512i k3 = order_keys16(p2 + v, f2 + v, m);
+      const __m512i top = _mm512_max_epu32(_mm512_max_epu32(k0, k1), _mm512_max_epu32(k2, k3));
+      const __mmask16 e0 = _mm512_cmpeq_epu32_mask(k0, top), e1 = _mm512_cmpeq_epu32_mask(k1, top);
+      const __mmask16 e2 = _mm512_cmpeq_epu32_mask(k2, top), e3 = _mm512_cmpeq_epu32_mask(k3, top);
+      // Lanes where two or more edges hold the maximum drop nothing.
+      const __mmask16 shared = (e0 & (e1 | e2 | e3)) | (e1 & (e2 | e3)) | (e2 & e3);
+      const __mmask16 unique = m & ~shared;
+      drop[0][b] = e0 & unique;
+      drop[1][b] = e1 & unique;
+      drop[2][b] = e2 & unique;
+      drop[3][b] = e3 & unique;
+    }
+    // Flags updated after the chunk's blocks are computed (see drop_square_row).
+    for (int64_t b = 0; b < nb; ++b) mark(f1 + v0 + (b0 + b) * 16, drop[0][b]);
+    for (int64_t b = 0; b < nb; ++b) mark(f2 + v0 + (b0 + b) * 16 + d1, drop[1][b]);
+    for (int64_t b = 0; b < nb; ++b) mark(f1 + v0 + (b0 + b) * 16 + d2, drop[2][b]);
+    for (int64_t b = 0; b < nb; ++b) mark(f2 + v0 + (b0 + b) * 16, drop[3][b]);
+  }
+}
+#endif  // SEGLOSSES_HAVE_AVX512
+
 // Sets kDropped on the last edge of every square of the pairs; z-slab by z-slab so that the rows
 // the pairs share are still in cache.
 template <typename scalar_t>
 void drop_cycle_maxima(const Geometry& g, const std::vector<SquarePair>& pairs, const scalar_t* pred, uint8_t* flags) {
   const int64_t V = g.V;
+  const bool avx512 = use_avx512();
   for (int64_t z = 0; z < g.dims[0]; ++z) {
     for (const SquarePair& q : pairs) {
       if (z < q.lo[0] || z >= q.hi[0]) continue;
       for (int64_t y = q.lo[1]; y < q.hi[1]; ++y) {
-        drop_square_row(pred + q.c1 * V, pred + q.c2 * V, flags + q.c1 * V, flags + q.c2 * V,
-                        (z * g.dims[1] + y) * g.dims[2] + q.lo[2], q.hi[2] - q.lo[2], q.d1, q.d2);
+        const int64_t v0 = (z * g.dims[1] + y) * g.dims[2] + q.lo[2], n = q.hi[2] - q.lo[2];
+#if SEGLOSSES_HAVE_AVX512
+        if (avx512) {
+          drop_square_row_avx512(pred + q.c1 * V, pred + q.c2 * V, flags + q.c1 * V, flags + q.c2 * V, v0, n, q.d1,
+                                 q.d2);
+          continue;
+        }
+#endif
+        drop_square_row(pred + q.c1 * V, pred + q.c2 * V, flags + q.c1 * V, flags + q.c2 * V, v0, n, q.d1, q.d2);
       }
     }
   }
@@ -660,16 +768,152 @@ inline uint32_t part_of(int32_t label) {
 }
 
 // Room for each part's GT-1 items: C slots per voxel of the part's labels (an upper bound: one
-// edge per channel and voxel), laid out part after part. voxels[p]: the voxels of part p.
-// start[p] is part p's first slot; the sum is C * V. With one_part (the GT-1 group does not
-// split), part 0 gets all the room.
+// edge per channel and voxel) plus kPartPad, laid out part after part. voxels[p]: the voxels of
+// part p. start[p] is part p's first slot; the total is C * V + kPartPad * kParts. With one_part
+// (the GT-1 group does not split), part 0 gets all the room.
+// The pad lets the vector emission store 16 items at a part's fill whatever the part's fill: of a
+// part's C * n slots, at most one per (channel, voxel) of the part seen so far is taken, and the
+// block being stored holds at least one unseen edge of the part.
+constexpr int64_t kPartPad = 16;
+
 std::vector<int64_t> part_room(const std::vector<int64_t>& voxels, int64_t V, int64_t C, bool one_part) {
-  std::vector<int64_t> start(kParts + 1, C * V);
+  std::vector<int64_t> start(kParts + 1, C * V + kPartPad * kParts);
   start[0] = 0;
   if (!one_part) {
-    for (uint32_t p = 0; p < kParts; ++p) start[p + 1] = start[p] + C * voxels[p];
+    for (uint32_t p = 0; p < kParts; ++p) start[p + 1] = start[p] + C * voxels[p] + kPartPad;
   }
   return start;
+}
+
+// Step 1's output: GT-1 items in the rooms of their parts (tmp), GT-0 items in index order.
+struct Emission {
+  uint64_t* parts;     // C * V + kPartPad * kParts slots, laid out by part_room
+  int64_t* part_end;   // [kParts] the fill of each part's room (starts at its first slot)
+  uint64_t* second;    // room for the valid edges + kPartPad
+  int64_t n_second = 0;
+};
+
+// Writes the sort items (key << 32 | c << shift | v) of the edges that the flags keep, in index
+// order: GT-1 edges into the room of their label's part (part 0 for all with one_part), GT-0
+// edges into out.second. The portable version.
+template <typename scalar_t>
+void emit_items_scalar(const Geometry& g, const scalar_t* pred, const uint8_t* flags, const int32_t* seg,
+                       bool one_part, int shift, Emission& out) {
+  // The fill of the part of the current run of one label is kept in `fill` (neighbouring voxels
+  // mostly share a label). Branch-free: every item is written at its part's fill, which moves
+  // only for a GT-1 item. That slot is inside the part's room: of the C * n slots of a part of n
+  // voxels, the items written so far and the edges of those voxels that are not GT-1 items
+  // (this one included) take distinct slots.
+  const int64_t V = g.V;
+  uint64_t* const parts = out.parts;
+  uint64_t* const second = out.second;
+  int64_t n_second = out.n_second;
+  int32_t run_label = one_part ? 0 : seg[0];
+  int64_t fill = out.part_end[part_of(run_label)];
+  for (int64_t c = 0; c < g.C; ++c) {
+    const scalar_t* pc = pred + c * V;
+    const uint8_t* fc = flags + c * V;
+    const uint64_t cbits = uint64_t(c) << shift;
+    for_each_edge_row(g, c, [&](int64_t v0, int64_t len) {
+      for (int64_t v = v0; v < v0 + len; ++v) {
+        const int32_t label = one_part ? 0 : seg[v];
+        if (label != run_label) {
+          out.part_end[part_of(run_label)] = fill;
+          run_label = label;
+          fill = out.part_end[part_of(label)];
+        }
+        const uint8_t f = fc[v];
+        const uint64_t item = (uint64_t(descending_key(static_cast<float>(pc[v]))) << 32) | cbits | uint64_t(v);
+        const bool first = (f & (kDropped | kLate)) == 0, second_group = (f & (kDropped | kLate)) == kLate;
+        parts[fill] = item;
+        fill += first;
+        second[n_second] = item;  // n_second < the edges seen so far <= the valid edges
+        n_second += second_group;
+      }
+    });
+  }
+  out.part_end[part_of(run_label)] = fill;
+  out.n_second = n_second;
+}
+
+#if SEGLOSSES_HAVE_AVX512
+// The same with AVX-512, 16 edges at a time: keys computed in vector registers, each group's
+// items packed by a compress and stored 8 at a time (the stores run past the fill into free slots:
+// the part pad and the GT-0 buffer's pad). A block whose voxels carry several labels is stored
+// once per label. Measured: see BENCHMARKS.md (emission of a 128^3 sample).
+// Packs the items of the lanes in sel (lo: lanes 0-7, hi: lanes 8-15) to dst, in lane order;
+// stores 16 slots' worth at most. Returns the number packed.
+SEGLOSSES_AVX512 inline int64_t pack_items(uint64_t* dst, __m512i lo, __m512i hi, __mmask16 sel) {
+  const __mmask8 slo = static_cast<__mmask8>(sel), shi = static_cast<__mmask8>(sel >> 8);
+  const int64_t nlo = __builtin_popcount(slo);
+  _mm512_storeu_si512(dst, _mm512_maskz_compress_epi64(slo, lo));
+  _mm512_storeu_si512(dst + nlo, _mm512_maskz_compress_epi64(shi, hi));
+  return nlo + __builtin_popcount(shi);
+}
+
+// One row of channel c's edges: sources v0 .. v0 + len - 1; pc, fc: the channel's predictions and
+// flags; cbits: c << shift.
+template <typename scalar_t>
+SEGLOSSES_AVX512 void emit_row_avx512(const scalar_t* pc, const uint8_t* fc, const int32_t* seg, bool one_part,
+                                      uint64_t cbits, int64_t v0, int64_t len, Emission& out) {
+  uint64_t* const parts = out.parts;
+  int64_t* const part_end = out.part_end;
+  uint64_t* const second = out.second;
+  int64_t n_second = out.n_second;
+  const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  const __m128i group_bits = _mm_set1_epi8(static_cast<char>(kDropped | kLate));
+  const __m128i late = _mm_set1_epi8(static_cast<char>(kLate));
+  for (int64_t v = v0; v < v0 + len; v += 16) {
+    const __mmask16 m = v + 16 <= v0 + len ? __mmask16(0xffff) : __mmask16((1u << (v0 + len - v)) - 1);
+    const __m512i key = descending_keys16(load_floats16(pc + v, m));
+    const __m512i base = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(cbits | uint64_t(v))), lane);
+    const __m512i lo =
+        _mm512_or_si512(_mm512_slli_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(key)), 32), base);
+    const __m512i hi = _mm512_or_si512(_mm512_slli_epi64(_mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(key, 1)), 32),
+                                       _mm512_add_epi64(base, _mm512_set1_epi64(8)));
+    const __m128i f = _mm_and_si128(_mm_maskz_loadu_epi8(m, fc + v), group_bits);
+    const __mmask16 first = _mm_mask_testn_epi8_mask(m, f, f);
+    const __mmask16 second_group = _mm_mask_cmpeq_epi8_mask(m, f, late);
+    n_second += pack_items(second + n_second, lo, hi, second_group);
+    if (first == 0) continue;
+    if (one_part) {
+      part_end[0] += pack_items(parts + part_end[0], lo, hi, first);
+      continue;
+    }
+    const __m512i labels = _mm512_maskz_loadu_epi32(first, seg + v);
+    __mmask16 left = first;
+    while (left != 0) {
+      const int32_t label = seg[v + __builtin_ctz(left)];
+      const __mmask16 sel = _mm512_mask_cmpeq_epi32_mask(left, labels, _mm512_set1_epi32(label));
+      left = static_cast<__mmask16>(left & ~sel);
+      int64_t& fill = part_end[part_of(label)];
+      fill += pack_items(parts + fill, lo, hi, sel);
+    }
+  }
+  out.n_second = n_second;
+}
+
+template <typename scalar_t>
+void emit_items_avx512(const Geometry& g, const scalar_t* pred, const uint8_t* flags, const int32_t* seg,
+                       bool one_part, int shift, Emission& out) {
+  for (int64_t c = 0; c < g.C; ++c) {
+    const scalar_t* pc = pred + c * g.V;
+    const uint8_t* fc = flags + c * g.V;
+    const uint64_t cbits = uint64_t(c) << shift;
+    for_each_edge_row(g, c, [&](int64_t v0, int64_t len) {
+      emit_row_avx512(pc, fc, seg, one_part, cbits, v0, len, out);
+    });
+  }
+}
+#endif  // SEGLOSSES_HAVE_AVX512
+
+template <typename scalar_t>
+void emit_items(const Geometry& g, const scalar_t* pred, const uint8_t* flags, const int32_t* seg, bool one_part,
+                int shift, Emission& out) {
+#if SEGLOSSES_HAVE_AVX512
+  if (use_avx512()) return emit_items_avx512(g, pred, flags, seg, one_part, shift, out);
+#endif
+  emit_items_scalar(g, pred, flags, seg, one_part, shift, out);
 }
 
 // Sweep state shared by the passes of one sample.
@@ -843,41 +1087,11 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t
                   [&](int32_t label, int64_t n) { part_voxels[part_of(label)] += n; });
   const std::vector<int64_t> part_start = part_room(part_voxels, V, C, one_part);
   std::vector<int64_t> part_end(part_start.begin(), part_start.end() - 1);
-  uint64_t* items = ws.items.get(std::max<int64_t>(1, n_valid));
-  uint64_t* tmp = ws.tmp.get(std::max<int64_t>(1, E));
-  int64_t n_second = 0;
-  {
-    // The fill of the part of the current run of one label is kept in `fill` (neighbouring voxels
-    // mostly share a label). Branch-free: every item is written at its part's fill, which moves
-    // only for a GT-1 item. That slot is inside the part's room: of the C * n slots of a part of n
-    // voxels, the items written so far and the edges of those voxels that are not GT-1 items
-    // (this one included) take distinct slots.
-    int32_t run_label = one_part ? 0 : seg[0];
-    int64_t fill = part_end[part_of(run_label)];
-    for (int64_t c = 0; c < C; ++c) {
-      const scalar_t* pc = pred + c * V;
-      const uint8_t* fc = flags + c * V;
-      const uint64_t cbits = uint64_t(c) << shift;
-      for_each_edge_row(g, c, [&](int64_t v0, int64_t len) {
-        for (int64_t v = v0; v < v0 + len; ++v) {
-          const int32_t label = one_part ? 0 : seg[v];
-          if (label != run_label) {
-            part_end[part_of(run_label)] = fill;
-            run_label = label;
-            fill = part_end[part_of(label)];
-          }
-          const uint8_t f = fc[v];
-          const uint64_t item = (uint64_t(descending_key(static_cast<float>(pc[v]))) << 32) | cbits | uint64_t(v);
-          const bool first = (f & (kDropped | kLate)) == 0, second = (f & (kDropped | kLate)) == kLate;
-          tmp[fill] = item;
-          fill += first;
-          items[n_second] = item;  // n_second < the edges seen so far <= n_valid
-          n_second += second;
-        }
-      });
-    }
-    part_end[part_of(run_label)] = fill;
-  }
+  uint64_t* items = ws.items.get(n_valid + kPartPad);
+  uint64_t* tmp = ws.tmp.get(part_start[kParts]);
+  Emission emitted{tmp, part_end.data(), items};
+  emit_items(g, pred, flags, seg, one_part, shift, emitted);
+  const int64_t n_second = emitted.n_second;
   // Sort scratch: items after the GT-0 group (room for n_valid - n_second items, at least as many
   // as there are GT-1 items).
   uint64_t* scratch = items + n_second;
