@@ -213,9 +213,11 @@ void radix_sort_by_key(uint64_t* items, int64_t n, uint64_t* tmp) {
   if (src != items) std::memcpy(items, src, static_cast<size_t>(n) * sizeof(uint64_t));
 }
 
-// Sorts n items by key: 11-bit digits for large arrays, bytes for small (cache-resident) ones.
+// Sorts n items by key: 11-bit digits (3 passes) unless n is so small that the 3 x 2048-bucket
+// prefix sums would cost more than a 4th pass with bytes (measured: parts of ~2k items, 64^3 with
+// ~200 labels, are ~8 % faster per sample with 11 bits than with bytes).
 void sort_by_key(uint64_t* items, int64_t n, uint64_t* tmp) {
-  if (n > (int64_t(1) << 12)) {
+  if (n > (int64_t(1) << 9)) {
     radix_sort_by_key<11>(items, n, tmp);
   } else {
     radix_sort_by_key<8>(items, n, tmp);
