@@ -250,6 +250,87 @@ def test_cycle_filter_near_ties_match_oracle(seed):
         np.testing.assert_array_equal(neg, rneg, err_msg=f"neg, constrained={constrained}")
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_long_rows_match_oracle(seed):
+    # Rows of 33-50 voxels: the vectorised kernels' full 16-edge blocks, blocks that hold several
+    # labels (and a label that comes back within a block), and masked row tails; every dtype.
+    rng = np.random.default_rng(900 + seed)
+    three_d = seed % 2 == 1
+    shape = (2, 2, 37 + seed) if three_d else (3, 33 + 2 * seed)
+    nhood = (NN3 if seed % 4 == 1 else [[0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 3]]) if three_d else (
+        NN2 if seed % 4 == 0 else [[0, 1], [1, 0], [1, -2]])
+    seg = np.stack([random_seg(rng, shape, "noise" if b == 1 else "blocky") for b in range(2)])
+    seg[0, ..., 5:9] = 2  # 1 2 2 2 2 1 ... within one block after a background voxel
+    seg[0, ..., 4] = 1
+    seg[0, ..., 9] = 1
+    dtype = [torch.float32, torch.float64, torch.float16, torch.bfloat16][seed % 4]
+    quantised = seed >= 4  # exact ties (k/8 is exact in every dtype)
+    pred = torch.from_numpy(random_pred(rng, (2, len(nhood)) + shape, False))
+    pred = (torch.round(pred * 8) / 8 if quantised else pred).to(dtype)
+    kw = {}
+    if seed % 3 == 2:
+        kw["mask"] = torch.from_numpy((rng.random(pred.shape) < 0.7).astype(np.float32))
+    seg = torch.from_numpy(seg)
+    for constrained in (True, False):
+        pos, neg = counts(pred, seg, nhood, constrained=constrained, **kw)
+        rpos, rneg = malis_counts_ref_batch(pred.double(), seg, nhood, constrained=constrained, **ref_kw(kw))
+        np.testing.assert_array_equal(pos, rpos, err_msg=f"pos, constrained={constrained}, {dtype}")
+        np.testing.assert_array_equal(neg, rneg, err_msg=f"neg, constrained={constrained}, {dtype}")
+
+
+_PORTABLE_SCRIPT = """
+import sys
+import numpy as np
+import torch
+import seglosses
+
+rng = np.random.default_rng(7)
+out = {}
+for i, (shape, dtype) in enumerate([((20, 22, 35), torch.float32), ((18, 40), torch.float16),
+                                    ((9, 10, 41), torch.bfloat16), ((12, 13, 33), torch.float64)]):
+    nd = len(shape)
+    nhood = seglosses.mknhood3d(1) if nd == 3 else seglosses.mknhood2d(1)
+    seeds = np.stack([rng.integers(0, s, size=12) for s in shape], 1)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    seg = ((grid[..., None, :] - seeds) ** 2).sum(-1).argmin(-1) + 1
+    seg[rng.random(shape) < 0.05] = 0
+    pred = torch.from_numpy(rng.random((2, nhood.shape[0]) + shape)).to(dtype)
+    seg = torch.from_numpy(np.stack([seg, seg[::-1].copy()]))
+    for constrained in (True, False):
+        pos, neg = seglosses.malis_weights(pred, seg, nhood, constrained=constrained, normalize=False)
+        out[f"{i}{constrained}pos"], out[f"{i}{constrained}neg"] = pos.numpy(), neg.numpy()
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_portable_kernels_give_the_same_counts(tmp_path):
+    # SEGLOSSES_DISABLE_AVX512=1 selects the portable kernels (on a CPU without AVX-512 both runs
+    # take them). Both must give the oracle's counts and identical counts on bigger volumes.
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    script = tmp_path / "counts.py"
+    script.write_text(_PORTABLE_SCRIPT)
+    results = {}
+    for off in ("0", "1"):
+        path = tmp_path / f"counts{off}.npz"
+        subprocess.run([sys.executable, str(script), str(path)], check=True, cwd=root,
+                       env=dict(env, SEGLOSSES_DISABLE_AVX512=off))
+        results[off] = np.load(path)
+    assert len(results["0"].files) == 16
+    for key in results["0"].files:
+        np.testing.assert_array_equal(results["0"][key], results["1"][key], err_msg=key)
+    oracle = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.abspath(__file__),
+         "-k", "match_oracle or dtypes_exact"],
+        cwd=root, env=dict(env, SEGLOSSES_DISABLE_AVX512="1"), capture_output=True, text=True)
+    assert oracle.returncode == 0, oracle.stdout[-3000:] + oracle.stderr[-3000:]
+    assert " passed" in oracle.stdout
+
+
 def test_hand_worked_cases_through_api():
     pred = torch.tensor([[[[0.1, 0.9, 0.3, 0.8]]]])
     seg = torch.tensor([[[1, 1, 2, 2]]])
