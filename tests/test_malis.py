@@ -325,7 +325,7 @@ def test_portable_kernels_give_the_same_counts(tmp_path):
         np.testing.assert_array_equal(results["0"][key], results["1"][key], err_msg=key)
     oracle = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.abspath(__file__),
-         "-k", "match_oracle or dtypes_exact"],
+         "-k", "match_oracle or dtypes_exact or nonfinite or large_finite"],
         cwd=root, env=dict(env, SEGLOSSES_DISABLE_AVX512="1"), capture_output=True, text=True)
     assert oracle.returncode == 0, oracle.stdout[-3000:] + oracle.stderr[-3000:]
     assert " passed" in oracle.stdout
@@ -750,11 +750,17 @@ GOOD_SEG = torch.randint(0, 3, (1, 3, 4, 5))
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_error_nonfinite_pred(bad):
-    pred = GOOD_PRED.clone()
-    pred[0, 1, 2, 3, 4] = bad
-    _raises(lambda: seglosses.malis_weights(pred, GOOD_SEG, NN3), "pred_affs", "nan" if bad != bad else "inf",
-            exc=ValueError)
-    _raises(lambda: seglosses.malis_weights(pred, GOOD_SEG, NN3, normalize=False), "pred_affs", exc=ValueError)
+    # A valid edge, and invalid edges (partner outside the volume, never sorted) in each channel:
+    # all are checked, and the first bad value's flat index is reported, for every dtype.
+    for where in [(1, 2, 3, 4), (1, 1, 0, 2), (0, 0, 2, 3), (2, 2, 3, 0)]:
+        for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            pred = GOOD_PRED.clone().to(dtype)
+            pred[(0,) + where] = bad
+            index = str(int(np.ravel_multi_index(where, pred.shape[1:])))
+            _raises(lambda: seglosses.malis_weights(pred, GOOD_SEG, NN3), "pred_affs",
+                    "nan" if bad != bad else "inf", "flat index " + index, exc=ValueError)
+            _raises(lambda: seglosses.malis_weights(pred, GOOD_SEG, NN3, normalize=False), "pred_affs",
+                    exc=ValueError)
 
 
 def test_error_nhood_width():

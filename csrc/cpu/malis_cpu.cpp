@@ -758,6 +758,32 @@ void check_finite(const scalar_t* pred, int64_t n, int64_t sample) {
   }
 }
 
+// Whether the predictions of the invalid edges (partner outside the volume), which the emission
+// does not read, are finite.
+template <typename scalar_t>
+bool invalid_edges_finite(const Geometry& g, const scalar_t* pred) {
+  bool ok = true;
+  for (int64_t c = 0; c < g.C; ++c) {
+    const int64_t* lo = &g.lo[c * 3];
+    const int64_t* hi = &g.hi[c * 3];
+    for (int64_t z = 0; z < g.dims[0]; ++z) {
+      for (int64_t y = 0; y < g.dims[1]; ++y) {
+        const scalar_t* row = pred + c * g.V + (z * g.dims[1] + y) * g.dims[2];
+        auto check = [&](int64_t x0, int64_t x1) {
+          for (int64_t x = x0; x < x1; ++x) ok = ok && finite_bits(row[x]);
+        };
+        if (z >= lo[0] && z < hi[0] && y >= lo[1] && y < hi[1] && lo[2] < hi[2]) {
+          check(0, lo[2]);
+          check(hi[2], g.dims[2]);
+        } else {
+          check(0, g.dims[2]);
+        }
+      }
+    }
+  }
+  return ok;
+}
+
 // Phase-1 edges are grouped into parts by a hash of their label. When every GT-1 edge joins two
 // voxels of the same non-zero label (always so when the GT affinities come from gt_seg), no GT-1
 // edge crosses parts, so Kruskal on the GT-1 edges runs independently inside each part and the
@@ -793,6 +819,7 @@ struct Emission {
   int64_t* part_end;   // [kParts] the fill of each part's room (starts at its first slot)
   uint64_t* second;    // room for the valid edges + kPartPad
   int64_t n_second = 0;
+  bool maybe_nonfinite = false;  // the AVX-512 version: a valid edge's prediction (as float32) is not finite
 };
 
 // Writes the sort items (key << 32 | c << shift | v) of the edges that the flags keep, in index
@@ -865,9 +892,13 @@ SEGLOSSES_AVX512 void emit_row_avx512(const scalar_t* pc, const uint8_t* fc, con
   const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
   const __m128i group_bits = _mm_set1_epi8(static_cast<char>(kDropped | kLate));
   const __m128i late = _mm_set1_epi8(static_cast<char>(kLate));
+  const __m512i exponent = _mm512_set1_epi32(0x7f800000);
+  __mmask16 nonfinite = 0;
   for (int64_t v = v0; v < v0 + len; v += 16) {
     const __mmask16 m = v + 16 <= v0 + len ? __mmask16(0xffff) : __mmask16((1u << (v0 + len - v)) - 1);
-    const __m512i key = descending_keys16(load_floats16(pc + v, m));
+    const __m512 x = load_floats16(pc + v, m);
+    nonfinite |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(x), exponent), exponent);
+    const __m512i key = descending_keys16(x);
     const __m512i base = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(cbits | uint64_t(v))), lane);
     const __m512i lo =
         _mm512_or_si512(_mm512_slli_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(key)), 32), base);
@@ -893,6 +924,7 @@ SEGLOSSES_AVX512 void emit_row_avx512(const scalar_t* pc, const uint8_t* fc, con
     }
   }
   out.n_second = n_second;
+  out.maybe_nonfinite = out.maybe_nonfinite || nonfinite != 0;
 }
 
 template <typename scalar_t>
@@ -1047,7 +1079,11 @@ template <typename scalar_t>
 SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t* seg, const bool* gt,
                           const bool* mask, bool constrained, int64_t sample) {
   const int64_t V = g.V, C = g.C, E = C * V;
-  check_finite(pred, E, sample);
+  // Predictions must be finite. The AVX-512 emission tests the valid edges' predictions as it
+  // reads them (saving a pass), so the full check, which finds and reports the first bad value,
+  // runs only when that test or the one of the invalid edges fails; before any sort or sweep.
+  const bool early_finite_check = !use_avx512();
+  if (early_finite_check) check_finite(pred, E, sample);
   const int shift = payload_shift(V);
   Workspace& ws = workspace();
 
@@ -1093,6 +1129,9 @@ SampleResult malis_sample(const Geometry& g, const scalar_t* pred, const int32_t
   uint64_t* tmp = ws.tmp.get(part_start[kParts]);
   Emission emitted{tmp, part_end.data(), items};
   emit_items(g, pred, flags, seg, one_part, shift, emitted);
+  if (!early_finite_check && (emitted.maybe_nonfinite || !invalid_edges_finite(g, pred))) {
+    check_finite(pred, E, sample);  // raises (a double beyond the float range only looked infinite)
+  }
   const int64_t n_second = emitted.n_second;
   // Sort scratch: items after the GT-0 group (room for n_valid - n_second items, at least as many
   // as there are GT-1 items).
