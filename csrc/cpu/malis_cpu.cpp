@@ -1015,39 +1015,58 @@ void prefetch_nodes(const Components::Node* nodes, const Geometry& g, const uint
 // Kruskal over sorted GT-1 items whose every edge joins two voxels of the same non-zero label:
 // components stay single-label, so a merge joins size_a * size_b same-label pairs. Branch-free: a
 // non-merging edge (same root) runs the same code as a no-op, so the unpredictable outcome costs
-// no mispredicted branch. Call comp.restore_single_label_info after the last part.
-void single_label_sweep(Components& comp, SweepState& st, const uint64_t* items, int64_t n) {
-  Components::Node* const nodes = comp.nodes();
+// no mispredicted branch (the outcome enters as masks, which compilers keep as data; written as
+// selects, GCC made a branch of them). Call comp.restore_single_label_info after the last part.
+template <bool kMasked>
+void single_label_sweep_impl(Components::Node* nodes, const SweepState& st, const uint64_t* items, int64_t n,
+                             int64_t& n_merges, uint64_t& total, int64_t& joined) {
   auto find = [nodes](uint32_t x) {
     uint32_t r = nodes[nodes[x].parent].parent;
     while (nodes[r].parent != r) r = nodes[nodes[r].parent].parent;
     nodes[x].parent = r;
     return r;
   };
-  const int64_t V = st.g.V;
+  const int64_t* delta = st.g.delta.data();
+  const int shift = st.shift;
+  const uint32_t vmask = st.vmask;
+  const uint32_t V = static_cast<uint32_t>(st.g.V);
   const bool* mask = st.mask;
-  Merge* merges = st.res.merges;
-  int64_t nm = st.res.n_merges, joined = 0;
-  uint64_t total = 0;
+  Merge* const merges = st.res.merges;
+  int64_t nm = n_merges, nj = 0;
+  uint64_t sum = 0;
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t payload = static_cast<uint32_t>(items[i]);
-    const uint32_t c = payload >> st.shift, v = payload & st.vmask;
-    const uint32_t ra = find(v), rb = find(static_cast<uint32_t>(v + st.g.delta[c]));
+    const uint32_t c = payload >> shift, v = payload & vmask;
+    const uint32_t ra = find(v), rb = find(static_cast<uint32_t>(v + delta[c]));
     const uint32_t sa = nodes[ra].size, sb = nodes[rb].size;
-    const bool merge = ra != rb;
-    const uint32_t big = sa >= sb ? ra : rb, small = sa >= sb ? rb : ra;
-    const int64_t e = int64_t(c) * V + v;
-    const uint64_t count = merge ? uint64_t(sa) * sb : 0;
-    const bool keep = merge && (mask == nullptr || mask[e]);
-    merges[nm] = {count, static_cast<uint32_t>(e), 0};
+    const uint32_t merge = ra != rb;
+    const uint32_t all = 0u - merge;  // all ones when the edge merges
+    const bool a_big = sa >= sb;
+    const uint32_t big = a_big ? ra : rb, small = a_big ? rb : ra;
+    const uint32_t s_big = a_big ? sa : sb, s_small = a_big ? sb : sa;
+    const uint32_t e = c * V + v;  // < 2^32 (checked by prepare)
+    const uint64_t count = uint64_t(sa) * (sb & all);
+    uint32_t keep = merge;
+    if constexpr (kMasked) keep &= static_cast<uint32_t>(mask[e]);
+    merges[nm] = {count, e, 0};
     nm += keep;
-    total += keep ? count : 0;
+    sum += count & (0ull - keep);
     nodes[small].parent = big;
-    nodes[big].size = merge ? sa + sb : sa;
-    joined += merge;
+    nodes[big].size = s_big + (s_small & all);
+    nj += merge;
   }
-  st.res.n_merges = nm;
-  st.res.total_pos += total;
+  n_merges = nm;
+  total += sum;
+  joined += nj;
+}
+
+void single_label_sweep(Components& comp, SweepState& st, const uint64_t* items, int64_t n) {
+  int64_t joined = 0;
+  if (st.mask != nullptr) {
+    single_label_sweep_impl<true>(comp.nodes(), st, items, n, st.res.n_merges, st.res.total_pos, joined);
+  } else {
+    single_label_sweep_impl<false>(comp.nodes(), st, items, n, st.res.n_merges, st.res.total_pos, joined);
+  }
   st.n_components -= joined;
 }
 
