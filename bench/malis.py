@@ -12,6 +12,8 @@ Options:
     --labels        Voronoi seeds = labels per sample (default 200)
     --repeats       timed repeats for seglosses, median reported, after 1 warm-up (default 5)
     --peer-repeats  timed repeats for malis 1.0, median reported, no warm-up (default 2)
+    --min-time      both sides repeat each timing until the timed calls add up to this many
+                    seconds (default 2; a 64^3 call of ~0.01 s then gets ~200 samples, not 5)
     --seed          RNG seed of the data (default 0)
     --no-peer       skip malis 1.0
     --peer-python   interpreter that has malis 1.0 (default bench/.malis-venv/bin/python)
@@ -188,7 +190,7 @@ def _peer_pool_task(b: int):
     return b, pos, neg, time.perf_counter() - t0
 
 
-def peer_child(mode: str, data_path: str, repeats: int) -> None:
+def peer_child(mode: str, data_path: str, repeats: int, min_time: float) -> None:
     """Runs under bench/.malis-venv/bin/python: numpy + malis 1.0, no torch."""
     import multiprocessing as mp
 
@@ -211,7 +213,7 @@ def peer_child(mode: str, data_path: str, repeats: int) -> None:
         return
 
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or sum(times) < min_time:
         t0 = time.perf_counter()
         _, pos, neg = _peer_sample(0)
         times.append(time.perf_counter() - t0)
@@ -223,7 +225,7 @@ def peer_child(mode: str, data_path: str, repeats: int) -> None:
         with ctx.Pool(2) as pool:
             pool.map(_peer_noop, [0, 1])  # start both workers before timing
             times2 = []
-            for _ in range(repeats):
+            while len(times2) < repeats or sum(times2) < min_time:
                 t0 = time.perf_counter()
                 pool.map(_peer_pool_task, [0, 1], chunksize=1)
                 times2.append((time.perf_counter() - t0) / 2)
@@ -257,7 +259,7 @@ def measure_memory(out: dict, call) -> None:
 
 # ----------------------------------------------------------------------------- seglosses side
 
-def seglosses_child(mode: str, data_path: str, repeats: int) -> None:
+def seglosses_child(mode: str, data_path: str, repeats: int, min_time: float) -> None:
     """Runs under the project's venv (torch + seglosses)."""
     import numpy as np
     import torch
@@ -278,11 +280,12 @@ def seglosses_child(mode: str, data_path: str, repeats: int) -> None:
         measure_memory(out, lambda: seglosses.malis_weights(p1, g1, NHOOD))
         return
 
-    out["t1"], out["t1_all"] = common.median_time(lambda: seglosses.malis_weights(p1, g1, NHOOD), repeats)
+    out["t1"], out["t1_all"] = common.median_time(lambda: seglosses.malis_weights(p1, g1, NHOOD), repeats,
+                                                  min_time=min_time)
     pos, neg = seglosses.malis_weights(p1, g1, NHOOD, normalize=False)
     out["pos"], out["neg"] = int(pos.sum()), int(neg.sum())
     torch.set_num_threads(2)
-    t2, t2_all = common.median_time(lambda: seglosses.malis_weights(pred, gt, NHOOD), repeats)
+    t2, t2_all = common.median_time(lambda: seglosses.malis_weights(pred, gt, NHOOD), repeats, min_time=min_time)
     out["t2"], out["t2_all"] = t2 / 2, [t / 2 for t in t2_all]
     w = seglosses.malis_weights(pred, gt, NHOOD)
     out["wsum"] = [float(w[b].double().sum()) for b in range(w.shape[0])]
@@ -300,6 +303,8 @@ def main(argv=None) -> int:
     ap.add_argument("--labels", type=int, default=200, help="Voronoi labels per sample (default 200)")
     ap.add_argument("--repeats", type=int, default=5, help="seglosses timed repeats (default 5)")
     ap.add_argument("--peer-repeats", type=int, default=2, help="malis 1.0 timed repeats (default 2)")
+    ap.add_argument("--min-time", type=float, default=2.0,
+                    help="repeat each timing until the timed calls add up to this many seconds (default 2)")
     ap.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     ap.add_argument("--no-peer", action="store_true", help="skip malis 1.0")
     ap.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON,
@@ -311,9 +316,9 @@ def main(argv=None) -> int:
     if args.child:
         impl, mode, path = args.child
         if impl == "malis":
-            peer_child(mode, path, args.peer_repeats)
+            peer_child(mode, path, args.peer_repeats, args.min_time)
         else:
-            seglosses_child(mode, path, args.repeats)
+            seglosses_child(mode, path, args.repeats, args.min_time)
         return 0
 
     try:
@@ -336,8 +341,9 @@ def main(argv=None) -> int:
     print("# MALIS weights (constrained, normalised), CPU, 3 nearest-neighbour edges")
     print()
     for line in common.machine_lines([common.seglosses_line(), peer_note,
-                                      f"repeats: seglosses {args.repeats} (median after 1 warm-up), "
-                                      f"malis 1.0 {args.peer_repeats} (median, no warm-up)"]):
+                                      f"repeats: seglosses >= {args.repeats} (median after 1 warm-up), "
+                                      f"malis 1.0 >= {args.peer_repeats} (median, no warm-up); both until "
+                                      f"{args.min_time:g} s of timed calls"]):
         print("- " + line)
     print(flush=True)
 
@@ -356,7 +362,8 @@ def main(argv=None) -> int:
             path = os.path.join(tmpdir, f"data{size}.npz")
             np.savez(path, seg=seg, affs=affs)
             me = os.path.abspath(__file__)
-            rep = ["--repeats", str(args.repeats), "--peer-repeats", str(args.peer_repeats)]
+            rep = ["--repeats", str(args.repeats), "--peer-repeats", str(args.peer_repeats),
+                   "--min-time", str(args.min_time)]
             sl = common.run_child([me, "--child", "seglosses", "time", path] + rep, timeout=args.timeout)
             if "error" not in sl:
                 mem = common.run_child([me, "--child", "seglosses", "mem", path] + rep,
@@ -383,7 +390,7 @@ def main(argv=None) -> int:
             def speedup(key):
                 if "error" in sl or not peer or "error" in peer or key not in peer:
                     return "-"
-                return f"{peer[key] / sl[key]:.0f}x"
+                return f"{peer[key] / sl[key]:.1f}x"
 
             def counts(d):
                 return f"pos {d['pos']}, neg {d['neg']}"
@@ -420,7 +427,7 @@ def main(argv=None) -> int:
                              f"(goal <= 0.2 s: {'met' if sl['t1'] <= 0.2 else 'NOT met'})")
             if "error" not in sl and peer and "error" not in peer:
                 s1 = peer["t1"] / sl["t1"]
-                notes.append(f"{case}: speed-up vs malis 1.0 on one core: {s1:.0f}x "
+                notes.append(f"{case}: speed-up vs malis 1.0 on one core: {s1:.1f}x "
                              f"(goal >= 30x: {'met' if s1 >= 30 else 'NOT met'})")
     finally:
         try:
