@@ -24,6 +24,8 @@
 // The GT-0 group is then swept with full label data.
 // Counts are exact (uint64). Samples of a batch run in parallel (at::parallel_for); each sample is
 // computed exactly as in a serial run.
+// Steps 0 and 1 and the union-find init have hand-written AVX-512 versions, chosen at run time
+// (use_avx512), with the same results as the portable ones.
 #if defined(__GNUC__) && !defined(__clang__)
 // GCC 12's AVX-512 intrinsics headers trip -Wmaybe-uninitialized on their own _mm512_undefined_*
 // values wherever they are inlined (GCC bug 105593), a screenful per build; it is reported at the
