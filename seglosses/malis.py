@@ -9,14 +9,17 @@ affinity 0.
 from __future__ import annotations
 
 import itertools
-from typing import Optional, Sequence, Tuple, Union
+import numbers
+from typing import Any, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import _checks
 from ._ops import ops
+from ._plain import to_plain
 
 __all__ = [
     "MalisLoss",
@@ -31,13 +34,30 @@ __all__ = [
     "seg_to_affgraph",
 ]
 
-NhoodLike = Union[Sequence[Sequence[int]], torch.Tensor]
-MALIS_REDUCTIONS = ("none", "mean", "sum")
+NhoodLike = Union[Sequence[Sequence[int]], torch.Tensor, np.ndarray]
+LabelsLike = Union[torch.Tensor, np.ndarray]
+MALIS_REDUCTIONS = ("none", "mean", "batchmean", "sum")
+NONFINITE_MODES = ("raise", "propagate")
+# mknhood2d / mknhood3d enumerate (2r+1)^ndim candidate offsets, and every offset they return is
+# one affinity channel: mknhood3d(16) already has 8,538. A larger radius is a mistake, not a
+# neighbourhood, and would run for hours.
+MAX_NHOOD_RADIUS = 16
 
 
 # ---------------------------------------------------------------------------------------------
 # Neighbourhoods and affinity graphs
 # ---------------------------------------------------------------------------------------------
+def _check_radius(fn: str, radius: Any) -> float:
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Real):
+        raise TypeError(f"{fn}: radius must be a number >= 1, got {radius!r}")
+    if not 1 <= radius <= MAX_NHOOD_RADIUS:  # also rejects NaN
+        raise ValueError(
+            f"{fn}: radius must be a number in [1, {MAX_NHOOD_RADIUS}] (each offset is one affinity "
+            f"channel; mknhood3d({MAX_NHOOD_RADIUS}) already has 8,538), got {radius!r}"
+        )
+    return float(radius)
+
+
 def _mknhood(ndim: int, radius: float) -> torch.Tensor:
     r = int(radius)
     offsets = [
@@ -53,20 +73,24 @@ def mknhood2d(radius: float = 1) -> torch.Tensor:
     """Negative-half 2D neighbourhood within ``radius`` (no self edge), nearest first.
 
     ``mknhood2d(1)`` is ``[[-1, 0], [0, -1]]``.
+
+    Raises:
+        TypeError: when radius is not a number.
+        ValueError: when radius is outside ``[1, 16]`` or NaN.
     """
-    if not radius >= 1:
-        raise ValueError(f"mknhood2d: radius must be >= 1, got {radius!r}")
-    return _mknhood(2, radius)
+    return _mknhood(2, _check_radius("mknhood2d", radius))
 
 
 def mknhood3d(radius: float = 1) -> torch.Tensor:
     """Negative-half 3D neighbourhood within ``radius`` (no self edge), nearest first.
 
     ``mknhood3d(1)`` is ``[[-1, 0, 0], [0, -1, 0], [0, 0, -1]]``.
+
+    Raises:
+        TypeError: when radius is not a number.
+        ValueError: when radius is outside ``[1, 16]`` or NaN.
     """
-    if not radius >= 1:
-        raise ValueError(f"mknhood3d: radius must be >= 1, got {radius!r}")
-    return _mknhood(3, radius)
+    return _mknhood(3, _check_radius("mknhood3d", radius))
 
 
 Rows = Tuple[Tuple[int, ...], ...]
@@ -77,10 +101,13 @@ def _as_nhood(fn: str, nhood: NhoodLike) -> Rows:
     if isinstance(nhood, tuple) and all(isinstance(r, tuple) and all(type(o) is int for o in r) for r in nhood):
         rows = nhood  # already validated
     else:
+        nhood = to_plain(nhood)
         try:
             t = torch.as_tensor(nhood)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(f"{fn}: nhood must be a list of integer offsets, got {nhood!r}") from exc
+        if t.numel() == 0:
+            raise ValueError(f"{fn}: nhood must hold at least one offset row ([C, ndim], C >= 1, ndim 1 to 3), got {nhood!r}")
         if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
             raise TypeError(f"{fn}: nhood must hold integers, got dtype {t.dtype}")
         if t.dim() != 2:
@@ -111,20 +138,46 @@ def _split_batch(fn: str, name: str, t: torch.Tensor, ndim: int) -> Tuple[torch.
     )
 
 
-def seg_to_affgraph(seg: torch.Tensor, nhood: NhoodLike) -> torch.Tensor:
+def _labels(fn: str, name: str, seg: LabelsLike) -> torch.Tensor:
+    """Segmentation labels (a tensor or numpy array of any integer type) as a tensor the MALIS
+    ops read: unsigned types wider than uint8 become int64. Rejects labels < 0 and uint64 labels
+    beyond int64, naming the value."""
+    if isinstance(seg, np.ndarray):
+        seg = torch.from_numpy(np.require(seg, requirements=("C", "W")))  # torch needs writable, no negative strides
+    _checks.check_label_tensor(fn, name, seg, _checks.SEG_DTYPES)
+    unsigned64 = seg.dtype == torch.uint64
+    if seg.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        seg = seg.to(torch.int64)  # exact, except uint64 >= 2**63, which wraps to negative (checked next)
+    # A data check (a host sync), skipped while torch.compile traces; the kernel checks the sign too.
+    if seg.numel() and seg.device.type != "meta" and not torch.compiler.is_compiling():
+        lowest = int(seg.min())
+        if lowest < 0 and unsigned64:
+            raise ValueError(f"{fn}: {name} labels must fit in int64 (< 2**63), got {lowest + 2**64}")
+        if lowest < 0:
+            raise ValueError(f"{fn}: {name} labels must be >= 0, got {lowest}")
+    return seg
+
+
+def seg_to_affgraph(seg: LabelsLike, nhood: NhoodLike) -> torch.Tensor:
     """Ground-truth affinities of a segmentation.
 
     An edge's affinity is 1 iff it is valid and both ends carry the same non-zero label.
 
     Args:
-        seg: integer labels ``[*spatial]`` or ``[B, *spatial]``, any device.
+        seg: integer labels >= 0 ``[*spatial]`` or ``[B, *spatial]`` (a tensor of any integer
+            dtype, uint64 included, or a numpy array), any device.
         nhood: ``[C, ndim]`` offsets, ``ndim = len(spatial)``.
 
     Returns:
         float32 affinities ``[C, *spatial]`` or ``[B, C, *spatial]`` on seg's device.
+
+    Raises:
+        ValueError: for negative labels (as :func:`malis_weights`), a seg whose rank does not
+            match the nhood width, or a malformed nhood.
+        TypeError: for non-integer labels.
     """
     fn = "seg_to_affgraph"
-    _checks.check_label_tensor(fn, "seg", seg)
+    seg = _labels(fn, "seg", seg)
     nh = _as_nhood(fn, nhood)
     ndim = len(nh[0])
     if seg.dim() not in (ndim, ndim + 1):
@@ -158,39 +211,49 @@ def affgraph_to_seg(affs: torch.Tensor, nhood: NhoodLike, threshold: float = 0.5
         int64 labels ``[*spatial]`` / ``[B, *spatial]`` on affs' device: every voxel labelled,
         components numbered 1..n per sample in raster order of their first voxel.
 
+    Raises:
+        TypeError: for complex affinities or a threshold that is not a number.
+        ValueError: for a NaN threshold, or affs / nhood that do not match.
+
     Example:
         >>> seg = affgraph_to_seg(pred_affs, mknhood3d(1), threshold=0.5)
     """
     fn = "affgraph_to_seg"
-    _checks.check_tensor(fn, "affs", affs)
+    _checks.check_real_tensor(fn, "affs", affs)
+    threshold = _checks.check_number(fn, "threshold", threshold, allow_inf=True)
     nh = _as_nhood(fn, nhood)
     a, batched = _split_batch(fn, "affs", affs, len(nh[0]))
     if a.shape[1] != len(nh):
         raise ValueError(f"{fn}: affs has {a.shape[1]} channels but nhood has {len(nh)} rows")
-    labels = ops.connected_components(a.detach(), _flat(nh), float(threshold), False)
+    labels = ops.connected_components(a.detach(), _flat(nh), threshold, False)
     return labels if batched else labels[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # Weights
 # ---------------------------------------------------------------------------------------------
-def _prepare_seg(fn: str, gt_seg: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """gt_seg as [B, *spatial] matching pred [B, C, *spatial]."""
-    _checks.check_label_tensor(fn, "gt_seg", gt_seg)
+def _prepare_seg(fn: str, name: str, gt_seg: LabelsLike, pred: torch.Tensor) -> torch.Tensor:
+    """gt_seg as [B, *spatial] matching pred [B, C, *spatial], on pred's device.
+
+    Also takes [B, 1, *spatial], and [*spatial] when B is 1 (as PyTorch Connectomics does)."""
+    s = _labels(fn, name, gt_seg)
     spatial = tuple(pred.shape[2:])
-    s = gt_seg
     if s.dim() == pred.dim() and s.shape[1] == 1:
         s = s.squeeze(1)
+    elif s.dim() == pred.dim() - 2 and pred.shape[0] == 1:
+        s = s.unsqueeze(0)
     if s.dim() != pred.dim() - 1 or tuple(s.shape[1:]) != spatial or s.shape[0] != pred.shape[0]:
         raise ValueError(
-            f"{fn}: gt_seg must be [B, *spatial] or [B, 1, *spatial] matching pred {tuple(pred.shape)}, "
+            f"{fn}: {name} must be [B, *spatial] or [B, 1, *spatial] matching pred {tuple(pred.shape)}, "
             f"got {tuple(gt_seg.shape)}"
         )
+    _checks.check_has_data(fn, name, s, "pred", pred)
     return s.to(pred.device)
 
 
 def _prepare_mask(fn: str, mask: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    _checks.check_tensor(fn, "mask", mask)
+    _checks.check_real_tensor(fn, "mask", mask)
+    _checks.check_has_data(fn, "mask", mask, "pred", pred)
     m = mask
     if m.dim() == pred.dim() - 1 and m.shape[0] == pred.shape[0]:
         m = m.unsqueeze(1)  # [B, *spatial] -> [B, 1, *spatial]
@@ -204,7 +267,7 @@ def _prepare_mask(fn: str, mask: torch.Tensor, pred: torch.Tensor) -> torch.Tens
 
 def malis_weights(
     pred_affs: torch.Tensor,
-    gt_seg: torch.Tensor,
+    gt_seg: LabelsLike,
     nhood: NhoodLike,
     *,
     gt_affs: Optional[torch.Tensor] = None,
@@ -224,7 +287,8 @@ def malis_weights(
     Args:
         pred_affs: predicted affinities ``[B, C, *spatial]`` or ``[C, *spatial]`` (2D or 3D),
             float16 / bfloat16 / float32 / float64, CPU or CUDA. Must be finite.
-        gt_seg: integer labels >= 0, ``[B, *spatial]`` or ``[B, 1, *spatial]`` (or unbatched).
+        gt_seg: integer labels >= 0, ``[B, *spatial]`` or ``[B, 1, *spatial]`` (or unbatched); a
+            tensor of any integer dtype (uint64 included, values below 2**63) or a numpy array.
         nhood: ``[C, ndim]`` offsets (negative, positive or long-range).
         gt_affs: ground-truth affinities like pred (``> 0.5`` is 1); default: from gt_seg.
         mask: broadcastable to pred; 0 excludes an edge. Excluded edges stay in the sweep (the
@@ -240,7 +304,7 @@ def malis_weights(
     Raises:
         ValueError: shapes, nhood width or channel count that do not match, negative labels, or
             non-finite predictions (the message names the value).
-        TypeError: non-float predictions or non-integer labels.
+        TypeError: non-float predictions, non-integer labels or complex gt_affs.
 
     Example:
         >>> w = malis_weights(torch.sigmoid(logits), seg, mknhood3d(1))
@@ -251,14 +315,14 @@ def malis_weights(
     pred, batched = _split_batch(fn, "pred_affs", pred_affs, len(nh[0]))
     if pred.shape[1] != len(nh):
         raise ValueError(f"{fn}: pred_affs has {pred.shape[1]} channels but nhood has {len(nh)} rows")
-    seg = gt_seg if batched or not isinstance(gt_seg, torch.Tensor) else gt_seg.unsqueeze(0)
-    seg = _prepare_seg(fn, seg, pred)
+    seg = _prepare_seg(fn, "gt_seg", gt_seg, pred)  # an unbatched seg fits the batch of one
     gt = None
     if gt_affs is not None:
-        _checks.check_tensor(fn, "gt_affs", gt_affs)
+        _checks.check_real_tensor(fn, "gt_affs", gt_affs)
         gt = gt_affs if batched else gt_affs.unsqueeze(0)
         if gt.shape != pred.shape:
             raise ValueError(f"{fn}: gt_affs must have pred's shape {tuple(pred_affs.shape)}, got {tuple(gt_affs.shape)}")
+        _checks.check_has_data(fn, "gt_affs", gt, "pred_affs", pred)
         gt = gt.detach().to(pred.device)
     m = None
     if mask is not None:
@@ -288,15 +352,63 @@ def release_malis_workspace() -> int:
 # ---------------------------------------------------------------------------------------------
 # The loss
 # ---------------------------------------------------------------------------------------------
-def _crop_sizes(fn: str, crop, ndim: Optional[int] = None) -> Optional[Tuple[int, ...]]:
-    """Validates malis_crop_size (an int >= 1 or one per spatial dim); with ndim, one per dim."""
+def _crop_sizes(fn: str, crop: Any, ndim: Optional[int] = None) -> Optional[Union[int, Tuple[int, ...]]]:
+    """Validated malis_crop_size: an int >= 1, or a tuple of one int >= 1 per spatial dim (1 to 3
+    dims, ``ndim`` when known). Wrong types raise an error that is both a TypeError and a
+    ValueError (PyTorch Connectomics raises ValueError for every bad value)."""
+    crop = to_plain(crop)
     if crop is None:
         return None
+    if isinstance(crop, (np.ndarray, torch.Tensor)):
+        crop = crop.tolist()
     many = isinstance(crop, (list, tuple))
-    sizes = [_checks.check_int(fn, "malis_crop_size", k, minimum=1) for k in (crop if many else [crop])]
-    if many and (len(sizes) != ndim if ndim is not None else not 1 <= len(sizes) <= 3):
-        raise ValueError(f"{fn}: malis_crop_size must be an int or one int per spatial dim, got {crop!r}")
-    return tuple(sizes * (ndim if not many and ndim is not None else 1))
+    for k in crop if many else [crop]:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise _checks.ArgumentTypeError(
+                f"{fn}: malis_crop_size must be an int or one int per spatial dim, got {crop!r}"
+            )
+        if k < 1:
+            raise ValueError(f"{fn}: malis_crop_size must hold integers >= 1, got {crop!r}")
+    if many and (len(crop) != ndim if ndim is not None else not 1 <= len(crop) <= 3):
+        dims = f"{ndim} spatial dims" if ndim is not None else "1 to 3 spatial dims"
+        raise ValueError(f"{fn}: malis_crop_size must be an int or one int per spatial dim ({dims}), got {crop!r}")
+    return tuple(int(k) for k in crop) if many else int(crop)
+
+
+def _random_crop(sizes: Sequence[int], tensors: Sequence[Optional[torch.Tensor]]) -> list:
+    """One random window of ``sizes`` (clamped to the volume) cut from every tensor's trailing
+    spatial dims; the origin comes from torch's global RNG, one draw per dim, shared by all.
+
+    The window is gathered with index_select on a drawn index range rather than sliced at a
+    drawn start: a slice start read back from a tensor is a data-dependent shape to
+    torch.compile (a graph break, an internal error under fullgraph=True); an index range keeps
+    every shape static.
+    """
+    spatial = tensors[0].shape[-len(sizes):]
+    ranges = []
+    for k, n in zip(sizes, spatial):
+        k = min(k, n)
+        start = torch.randint(0, n - k + 1, ())
+        ranges.append(None if k == n else start + torch.arange(k))
+    out = []
+    for t in tensors:
+        if t is not None:
+            first = t.dim() - len(sizes)
+            for d, index in enumerate(ranges):
+                if index is not None:
+                    t = t.index_select(first + d, index.to(t.device))
+        out.append(t)
+    return out
+
+
+def _reduce(loss_map: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return loss_map
+    total = loss_map.sum()
+    if reduction == "sum":
+        return total
+    count = loss_map.numel() if reduction == "mean" else loss_map.shape[0]
+    return total / max(count, 1)  # an empty batch or volume gives 0, not NaN
 
 
 def malis_loss(
@@ -304,12 +416,13 @@ def malis_loss(
     target: torch.Tensor,
     nhood: Optional[NhoodLike] = None,
     mask: Optional[torch.Tensor] = None,
-    gt_seg: Optional[torch.Tensor] = None,
+    gt_seg: Optional[LabelsLike] = None,
     *,
     sigmoid: bool = True,
     reduction: str = "sum",
     malis_crop_size: Optional[Union[int, Sequence[int]]] = None,
     constrained: bool = True,
+    nonfinite: str = "raise",
 ) -> torch.Tensor:
     """MALIS loss: per sample ``sum_e w_e (a_e - t_e)^2`` with ``a = sigmoid(pred)``.
 
@@ -318,8 +431,9 @@ def malis_loss(
     """
     fn = "MalisLoss"
     _checks.check_float_tensor(fn, "pred", pred)
-    _checks.check_tensor(fn, "target", target)
+    _checks.check_real_tensor(fn, "target", target)
     _checks.check_choice(fn, "reduction", reduction, MALIS_REDUCTIONS)
+    _checks.check_choice(fn, "nonfinite", nonfinite, NONFINITE_MODES)
     if not 4 <= pred.dim() <= 5:
         raise ValueError(f"{fn}: pred must be [B, C, H, W] or [B, C, D, H, W], got shape {tuple(pred.shape)}")
     ndim = pred.dim() - 2
@@ -332,36 +446,26 @@ def malis_loss(
         raise ValueError(f"{fn}: target must have pred's shape {tuple(pred.shape)}, got {tuple(target.shape)}")
     _checks.check_same_device(fn, "target", target, "pred", pred)
     crop = _crop_sizes(fn, malis_crop_size, ndim)
-    seg = _prepare_seg(fn, gt_seg, pred) if gt_seg is not None else None
+    seg = _prepare_seg(fn, "gt_seg", gt_seg, pred) if gt_seg is not None else None
     m = _prepare_mask(fn, mask, pred) if mask is not None else None
 
     a = torch.sigmoid(pred) if sigmoid else pred
     t = target.to(a.dtype) if target.dtype == torch.bool else target
-    region = None
     if crop is not None:
-        spatial = pred.shape[2:]
-        sizes = [min(k, n) for k, n in zip(crop, spatial)]
-        starts = [int(torch.randint(0, n - k + 1, ()).item()) for k, n in zip(sizes, spatial)]
-        region = tuple(slice(s, s + k) for s, k in zip(starts, sizes))
-        index = (slice(None), slice(None)) + region
-        a, t = a[index], t[index]
-        m = m[index] if m is not None else None
-        seg = seg[(slice(None),) + region] if seg is not None else None
+        sizes = crop if isinstance(crop, tuple) else (crop,) * ndim
+        a, t, m, seg = _random_crop(sizes, [a, t, m, seg])
 
     gt_affs = t > 0.5
     if seg is None:
         seg = ops.connected_components(gt_affs, _flat(nh), 0.5, True)
-    w = ops.malis_weights(a.detach(), seg, gt_affs, m, _flat(nh), bool(constrained))
-    loss_map = w * (a - t) ** 2
-    if reduction == "none":
-        if region is not None:  # back to pred's shape, zero outside the crop
-            pad = []
-            for r, n in zip(reversed(region), reversed(pred.shape[2:])):
-                pad += [r.start, n - r.stop]
-            loss_map = F.pad(loss_map, pad)
-        return loss_map
-    total = loss_map.sum()
-    return total if reduction == "sum" else total / max(pred.shape[0], 1)
+    swept = a.detach()
+    if nonfinite == "propagate":
+        # The sweep needs an order, so it sees non-finite predictions as 0; the loss map below
+        # still reads them, so the loss and the gradient come out NaN / inf (a GradScaler then
+        # skips the step).
+        swept = torch.where(torch.isfinite(swept), swept, torch.zeros_like(swept))
+    w = ops.malis_weights(swept, seg, gt_affs, m, _flat(nh), bool(constrained))
+    return _reduce(w * (a - t) ** 2, reduction)
 
 
 class MalisLoss(nn.Module):
@@ -372,29 +476,51 @@ class MalisLoss(nn.Module):
     are ``target > 0.5``; the segmentation is ``gt_seg`` when given, otherwise the connected
     components of ``target > 0.5`` over ``nhood`` with singleton voxels as background.
 
+    A drop-in for PyTorch Connectomics' ``MalisLoss``: the same arguments (OmegaConf values
+    included), the same reductions, and ``ValueError`` where it raises one.
+
     Args:
         nhood: ``[C, ndim]`` offsets; ``None``: ``[[1,0,0],[0,1,0],[0,0,1]]`` (2D ``[[1,0],[0,1]]``).
         sigmoid: apply the sigmoid to ``pred`` (``False``: pred already holds affinities).
-        reduction: ``"sum"`` over the batch (as PyTorch Connectomics), ``"mean"`` over samples,
-            or ``"none"`` for the elementwise map ``w (a - t)^2`` (pred's shape).
+        reduction: ``"sum"`` of ``w (a - t)^2`` over everything (the default, as PyTorch
+            Connectomics); ``"mean"``: that sum divided by the number of elements B·C·spatial
+            (of the crop, with a crop), as PyTorch Connectomics and every torch loss;
+            ``"batchmean"``: divided by B (the mean of the per-sample sums); ``"none"``: the
+            elementwise map ``w (a - t)^2``, pred's shape, or the crop's shape with a crop.
         malis_crop_size: an int or one int per spatial dim: one random crop per call, origin
             drawn from torch's RNG and shared across the batch, applied to pred, target, mask and
             gt_seg (a crop larger than the volume is clamped). ``None``: the full volume.
         constrained: constrained MALIS (default) or the original one.
+        nonfinite: what a NaN / inf affinity does. ``"raise"`` (default): a ValueError naming the
+            value. ``"propagate"``: the loss (and the gradient) come out NaN / inf, like any torch
+            loss, so that mixed-precision training with a ``torch.amp.GradScaler`` skips the step
+            after an fp16 overflow and goes on. (With ``sigmoid=True`` an inf logit is a finite
+            affinity; a NaN logit is not.)
 
     Shape:
         pred, target ``[B, C, *spatial]`` (2D or 3D, ``C = len(nhood)``); mask broadcastable to
-        pred (0 = excluded); gt_seg ``[B, *spatial]`` or ``[B, 1, *spatial]``.
+        pred (0 = excluded); gt_seg ``[B, *spatial]`` or ``[B, 1, *spatial]`` (``[*spatial]``
+        when B is 1), a tensor of any integer dtype (uint64 included) or a numpy array.
+
+    Raises:
+        ValueError: shapes, nhood width, channel count, crop sizes or options that are wrong,
+            negative labels, non-finite affinities (with ``nonfinite="raise"``).
+        TypeError: non-float pred, non-integer gt_seg, complex target. A malis_crop_size of the
+            wrong type raises an error that is a TypeError and a ValueError.
 
     Note:
-        Under ``torch.compile`` the loss traces into one graph (``fullgraph=True``) when
-        ``malis_crop_size`` is ``None``; drawing the crop origin reads a random number back to
-        Python, which is a graph break.
+        Under ``torch.compile`` the loss traces into one graph (``fullgraph=True``), with or
+        without ``malis_crop_size``. The MALIS sweep itself runs in C++ outside the graph.
 
     Example:
         >>> loss_fn = MalisLoss(malis_crop_size=64)
         >>> loss = loss_fn(logits, gt_affs, gt_seg=seg)
     """
+
+    # Extras that only match the full-resolution output: deep supervision
+    # (seglosses.DeepSupervisionLoss, CombinedLoss) does not pass them to lower scales, where
+    # MALIS uses the connected components of the resized target instead.
+    full_resolution_extras = ("gt_seg",)
 
     def __init__(
         self,
@@ -404,23 +530,25 @@ class MalisLoss(nn.Module):
         reduction: str = "sum",
         malis_crop_size: Optional[Union[int, Sequence[int]]] = None,
         constrained: bool = True,
+        nonfinite: str = "raise",
     ) -> None:
         super().__init__()
         fn = "MalisLoss"
         _checks.check_choice(fn, "reduction", reduction, MALIS_REDUCTIONS)
-        _crop_sizes(fn, malis_crop_size)
+        _checks.check_choice(fn, "nonfinite", nonfinite, NONFINITE_MODES)
         self.nhood = None if nhood is None else _as_nhood(fn, nhood)
+        self.malis_crop_size = _crop_sizes(fn, malis_crop_size, None if self.nhood is None else len(self.nhood[0]))
         self.sigmoid = bool(sigmoid)
         self.reduction = reduction
-        self.malis_crop_size = malis_crop_size
         self.constrained = bool(constrained)
+        self.nonfinite = nonfinite
 
     def forward(
         self,
         pred: torch.Tensor,
         target: torch.Tensor,
         mask: Optional[torch.Tensor] = None,
-        gt_seg: Optional[torch.Tensor] = None,
+        gt_seg: Optional[LabelsLike] = None,
     ) -> torch.Tensor:
         return malis_loss(
             pred,
@@ -432,28 +560,31 @@ class MalisLoss(nn.Module):
             reduction=self.reduction,
             malis_crop_size=self.malis_crop_size,
             constrained=self.constrained,
+            nonfinite=self.nonfinite,
         )
 
     def extra_repr(self) -> str:
         nh = None if self.nhood is None else [list(r) for r in self.nhood]
         return (
             f"nhood={nh}, sigmoid={self.sigmoid}, reduction={self.reduction!r}, "
-            f"malis_crop_size={self.malis_crop_size}, constrained={self.constrained}"
+            f"malis_crop_size={self.malis_crop_size}, constrained={self.constrained}, nonfinite={self.nonfinite!r}"
         )
 
 
 # ---------------------------------------------------------------------------------------------
 # The older API (malis package style)
 # ---------------------------------------------------------------------------------------------
-def _old_api_loss(fn: str, seg_gt: torch.Tensor, pred_aff: torch.Tensor, nhood: NhoodLike, margin: float,
+def _old_api_loss(fn: str, seg_gt: LabelsLike, pred_aff: torch.Tensor, nhood: NhoodLike, margin: float,
                   pos_loss_weight: float) -> torch.Tensor:
     _checks.check_float_tensor(fn, "pred_aff", pred_aff)
+    margin = _checks.check_number(fn, "margin", margin)
+    pos_loss_weight = _checks.check_number(fn, "pos_loss_weight", pos_loss_weight)
     nh = _as_nhood(fn, nhood)
     if pred_aff.dim() != len(nh[0]) + 2 or pred_aff.shape[1] != len(nh):
         raise ValueError(
             f"{fn}: pred_aff must be [B, {len(nh)}, *spatial] with {len(nh[0])} spatial dims, got {tuple(pred_aff.shape)}"
         )
-    seg = _prepare_seg(fn, seg_gt, pred_aff)
+    seg = _prepare_seg(fn, "seg_gt", seg_gt, pred_aff)
     pos, neg = ops.malis_counts(pred_aff.detach(), seg, None, None, _flat(nh), True)
     # Pair counts exceed float16's range: compute in float32 (float64 for double predictions).
     a = pred_aff.to(torch.float64 if pred_aff.dtype == torch.float64 else torch.float32)
@@ -462,15 +593,18 @@ def _old_api_loss(fn: str, seg_gt: torch.Tensor, pred_aff: torch.Tensor, nhood: 
     return 2 * (pos_loss + neg_loss)
 
 
-def malis_loss2d(seg_gt: torch.Tensor, pred_aff: torch.Tensor, margin: float = 0.3, pos_loss_weight: float = 0.3):
+def malis_loss2d(seg_gt: LabelsLike, pred_aff: torch.Tensor, margin: float = 0.3, pos_loss_weight: float = 0.5):
     """The ``malis`` package's 2D loss, batched: ``seg_gt`` ``[B, 1, H, W]``, ``pred_aff``
     ``[B, 2, H, W]`` affinities in [0, 1] over ``mknhood2d(1)``. Uses the raw constrained pair
     counts ``pos, neg`` and ``2 (w_p sum pos relu(1-a-m)^2 + (1-w_p) sum neg relu(a-m)^2)``,
-    computed in float32 (float64 for double inputs), as the counts overflow float16."""
+    computed in float32 (float64 for double inputs), as the counts overflow float16.
+
+    The defaults are the package's: ``margin=0.3`` and ``pos_loss_weight=0.5`` (HelmholtzAI
+    Malis-Loss since its commit d46fbaf; 0.3 before)."""
     return _old_api_loss("malis_loss2d", seg_gt, pred_aff, mknhood2d(1), margin, pos_loss_weight)
 
 
-def malis_loss3d(seg_gt: torch.Tensor, pred_aff: torch.Tensor, margin: float = 0.3, pos_loss_weight: float = 0.3):
+def malis_loss3d(seg_gt: LabelsLike, pred_aff: torch.Tensor, margin: float = 0.3, pos_loss_weight: float = 0.5):
     """The ``malis`` package's 3D loss, batched (any batch size): ``seg_gt`` ``[B, 1, D, H, W]``,
     ``pred_aff`` ``[B, 3, D, H, W]`` affinities in [0, 1] over ``mknhood3d(1)``; see
     :func:`malis_loss2d` for the formula."""

@@ -47,17 +47,30 @@ def make_case(seed, shape, nhood, batch=2, nlabels=3, bg=0.15):
     return torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(seg)
 
 
+def reduce_ref(per_elem, reduction):
+    """The reductions of SPEC §3 on an elementwise map: "mean" over all B·C·spatial elements (as
+    PyTorch Connectomics' ``weighted_loss.mean()``), "batchmean" over samples."""
+    if reduction == "none":
+        return per_elem
+    total = per_elem.sum()
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / (per_elem.size if isinstance(per_elem, np.ndarray) else per_elem.numel())
+    return total / per_elem.shape[0]
+
+
+def oracle_loss(pred, target, nhood, reduction="sum", **kw):
+    return reduce_ref(malis_loss_ref(pred, target, nhood, reduction="none", **kw), reduction)
+
+
 def direct_loss(pred, target, nhood, mask=None, gt_seg=None, sigmoid=True, reduction="sum"):
     """MalisLoss from its definition, with the weights from seglosses.malis_weights."""
     a = torch.sigmoid(pred) if sigmoid else pred
     t = (target > 0.5).to(a.dtype)
     seg = torch.from_numpy(loss_seg_ref(target, nhood)) if gt_seg is None else gt_seg
     w = seglosses.malis_weights(a.detach(), seg, nhood, gt_affs=target > 0.5, mask=mask)
-    per = w * (a - t) ** 2
-    if reduction == "none":
-        return per
-    per_sample = per.flatten(1).sum(1)
-    return per_sample.sum() if reduction == "sum" else per_sample.mean()
+    return reduce_ref(w * (a - t) ** 2, reduction)
 
 
 def close(x, ref, rtol=1e-5, atol=1e-7):
@@ -69,13 +82,13 @@ def close(x, ref, rtol=1e-5, atol=1e-7):
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("three_d", [False, True])
 @pytest.mark.parametrize("use_gt_seg", [False, True])
-@pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
+@pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean", "none"])
 def test_loss_matches_oracle(three_d, use_gt_seg, reduction):
     shape, nhood = ((3, 3, 4), POS3) if three_d else ((5, 6), POS2)
     pred, target, seg = make_case(1 + three_d, shape, nhood)
     gt_seg = seg if use_gt_seg else None
     loss = seglosses.MalisLoss(reduction=reduction)(pred, target, gt_seg=gt_seg)  # nhood=None -> POS
-    ref = malis_loss_ref(pred, target, nhood, gt_seg=gt_seg, reduction=reduction)
+    ref = oracle_loss(pred, target, nhood, gt_seg=gt_seg, reduction=reduction)
     if reduction == "none":
         assert loss.shape == pred.shape
     else:
@@ -106,7 +119,7 @@ def test_functional_equals_module():
     pred, target, seg = make_case(7, (3, 3, 4), POS3)
     mask = (torch.rand(pred.shape, generator=torch.Generator().manual_seed(0)) < 0.8).float()
     for kw in ({}, {"mask": mask}, {"gt_seg": seg}, {"mask": mask, "gt_seg": seg}):
-        for reduction in ("sum", "mean", "none"):
+        for reduction in ("sum", "mean", "batchmean", "none"):
             m = seglosses.MalisLoss(POS3, reduction=reduction)(pred, target, **kw)
             f = seglosses.functional.malis_loss(pred, target, nhood=POS3, reduction=reduction, **kw)
             torch.testing.assert_close(m, f, rtol=0, atol=0)
@@ -126,15 +139,20 @@ def test_weights_carry_no_gradient():
         assert p.grad.dtype == pred.dtype
 
 
-def test_batch_mean_is_mean_of_samples():
+def test_reductions_mean_over_elements_batchmean_over_samples():
     pred, target, seg = make_case(9, (3, 4, 4), POS3, batch=2)
     for gt_seg in (None, seg):
+        batchmean = seglosses.MalisLoss(reduction="batchmean")(pred, target, gt_seg=gt_seg)
         mean = seglosses.MalisLoss(reduction="mean")(pred, target, gt_seg=gt_seg)
         total = seglosses.MalisLoss(reduction="sum")(pred, target, gt_seg=gt_seg)
+        per = seglosses.MalisLoss(reduction="none")(pred, target, gt_seg=gt_seg)
         singles = [seglosses.MalisLoss()(pred[b:b + 1], target[b:b + 1],
                                          gt_seg=None if gt_seg is None else gt_seg[b:b + 1]) for b in range(2)]
-        close(mean, (singles[0] + singles[1]) / 2)
+        close(batchmean, (singles[0] + singles[1]) / 2)
         close(total, singles[0] + singles[1])
+        # PyTorch Connectomics (and every torch loss): "mean" is the mean of the elementwise map
+        close(mean, per.mean())
+        close(mean, total / (2 * 3 * 3 * 4 * 4))
 
 
 def test_seg_layout_b1_spatial():
@@ -397,7 +415,7 @@ def test_old_api_smoke():
 # empty input, bad input (SPEC §6)
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(0, 3, 4, 4, 4), (2, 3, 0, 4, 4), (0, 2, 5, 5), (1, 2, 5, 0)])
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean"])
 def test_empty_gives_zero_loss(shape, reduction):
     pred = torch.zeros(shape, requires_grad=True)
     target = torch.zeros(shape)
