@@ -6,7 +6,8 @@
 from . import _ops  # noqa: F401  (loads the compiled operators first)
 from . import functional
 from .bce import PerChannelBCEWithLogitsLoss, WeightedBCEWithLogitsLoss
-from .combined import CombinedLoss, register_loss
+from .combined import CombinedLoss
+from .deep_supervision import DeepSupervisionLoss
 from .dice import DiceLoss
 from .malis import (
     MalisLoss,
@@ -19,16 +20,19 @@ from .malis import (
     release_malis_workspace,
     seg_to_affgraph,
 )
+from .registry import available_losses, register_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CombinedLoss",
+    "DeepSupervisionLoss",
     "DiceLoss",
     "MalisLoss",
     "PerChannelBCEWithLogitsLoss",
     "WeightedBCEWithLogitsLoss",
     "affgraph_to_seg",
+    "available_losses",
     "functional",
     "malis_loss2d",
     "malis_loss3d",

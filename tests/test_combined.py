@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import seglosses
-from seglosses import combined as combined_mod
+from seglosses import registry as registry_mod
 from seglosses.bce import PerChannelBCEWithLogitsLoss, WeightedBCEWithLogitsLoss
 from seglosses.combined import CombinedLoss, register_loss
 
@@ -24,10 +24,10 @@ NHOOD = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
 @pytest.fixture
 def registry():
     """Register test losses; the registry is restored afterwards."""
-    saved = dict(combined_mod._USER_REGISTRY)
+    saved = dict(registry_mod._USER_REGISTRY)
     yield register_loss
-    combined_mod._USER_REGISTRY.clear()
-    combined_mod._USER_REGISTRY.update(saved)
+    registry_mod._USER_REGISTRY.clear()
+    registry_mod._USER_REGISTRY.update(saved)
 
 
 class Recorder(nn.Module):
@@ -260,7 +260,7 @@ def test_example_bce_malis_dice_config_structure(registry):
     if not HAS_DICE:
         registry("DiceLoss", Stub, override=True)
     loss_fn = CombinedLoss.from_yaml(ROOT / "examples" / "configs" / "bce_malis_dice.yaml")
-    terms = {t.function: t for t in loss_fn._terms}
+    terms = {t.function: t for t in loss_fn.config.terms}
     assert set(terms) == {"PerChannelBCEWithLogitsLoss", "MalisLoss", "DiceLoss"}
     assert terms["PerChannelBCEWithLogitsLoss"].pred_slice == (0, 3)
     assert terms["MalisLoss"].pred_slice == (0, 3) and terms["MalisLoss"].target == "affinity"
@@ -533,8 +533,14 @@ def _nearest(t, size):
     return out.reshape(tuple(t.shape[:lead]) + tuple(size)).to(t.dtype)
 
 
+class FullResolutionRecorder(Recorder):
+    """A Recorder that, like MalisLoss, wants gt_seg at full resolution only."""
+
+    full_resolution_extras = ("gt_seg",)
+
+
 def test_deep_supervision_matches_manual_reference(registry):
-    registry("Recorder", Recorder)
+    registry("Recorder", FullResolutionRecorder)
     g = torch.Generator().manual_seed(8)
     sizes = [(8, 8, 8), (4, 4, 4), (2, 3, 2)]
     preds = [torch.randn((2, 5) + s, generator=g, requires_grad=True) for s in sizes]
@@ -555,6 +561,12 @@ def test_deep_supervision_matches_manual_reference(registry):
     rec_calls = loss_fn.losses[1].calls
     assert len(rec_calls) == 3
     assert [c["gt_seg"] is not None for c in rec_calls] == [True, False, False]  # gt_seg only at scale 0
+    # A loss that does not say so gets gt_seg resized like any spatial extra.
+    registry("PlainRecorder", Recorder)
+    plain = CombinedLoss([{"function": "MSELoss", "pred_slice": "0:3", "target": "aff"},
+                          {"function": "PlainRecorder", "pred_slice": "0:3", "target": "label"}])
+    plain(preds, targets, gt_seg=seg)
+    assert [torch.equal(c["gt_seg"], _nearest(seg, s)) for c, s in zip(plain.losses[1].calls, sizes)] == [True] * 3
     for s, call in enumerate(rec_calls):
         assert call["target"].dtype == torch.int64  # labels stay integer
         assert torch.equal(call["target"], _nearest(label, sizes[s]) if s else label)
