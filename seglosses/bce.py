@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _checks
+
 __all__ = ["PerChannelBCEWithLogitsLoss", "WeightedBCEWithLogitsLoss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -48,14 +50,23 @@ def _check_pred_target(cls: str, pred: object, target: object) -> None:
             f"{cls}: pred and target must have the same shape, got pred {_shape(pred)} "
             f"and target {_shape(target)}"
         )
+    _checks.check_real_tensor(cls, "target", target)
+    if target.device != pred.device:
+        raise ValueError(f"{cls}: target must be on pred's device {pred.device}, got {target.device}")
 
 
 def _expand_map(cls: str, arg: str, m: Optional[Tensor], pred: Tensor, dtype: torch.dtype) -> Optional[Tensor]:
-    """Broadcast a mask / weight map to pred's shape; a map without the channel dim gets one."""
+    """Broadcast a mask / weight map to pred's shape; a map without the channel dim gets one.
+
+    A NaN / inf in it is an error: it would make the loss 0 or drop a channel while the
+    gradient turns NaN."""
     if m is None:
         return None
     if not isinstance(m, Tensor):
         raise TypeError(f"{cls}: {arg} must be a torch.Tensor or None, got {type(m).__name__}")
+    _checks.check_real_tensor(cls, arg, m)
+    _checks.check_has_data(cls, arg, m, "pred", pred)
+    _checks.check_finite(cls, arg, m)
     given = _shape(m)
     if m.dim() == pred.dim() - 1 and pred.dim() >= 2 and m.shape[0] == pred.shape[0]:
         m = m.unsqueeze(1)  # [B, *spatial] -> [B, 1, *spatial]
@@ -92,13 +103,14 @@ class PerChannelBCEWithLogitsLoss(nn.Module):
         - pred: ``[B, C, *spatial]`` logits, any floating dtype.
         - target: same shape as pred; values in [0, 1] (soft targets are allowed).
         - mask: optional, broadcastable to pred (``[B, *spatial]`` is read as
-          ``[B, 1, *spatial]``); 0 excludes a voxel. Non-binary masks act as weights.
+          ``[B, 1, *spatial]``), finite; 0 excludes a voxel. Non-binary masks act as weights.
         - output: scalar, or pred's shape with ``reduction="none"``. float32 for half inputs,
           else pred's dtype.
 
     Raises:
         ValueError: on an unknown reduction, ``max_pos_weight <= 0``, mismatched shapes,
-            a mask that does not broadcast, or pred with fewer than 2 dims.
+            a target on another device than pred, a mask that does not broadcast or holds
+            NaN / inf (the message names the value and its index), or pred with fewer than 2 dims.
         TypeError: when pred / target / mask are not tensors or pred is not floating point.
 
     Example:
@@ -133,8 +145,11 @@ class PerChannelBCEWithLogitsLoss(nn.Module):
         name = type(self).__name__
         if not isinstance(target, Tensor) or target.dim() < 2:
             raise ValueError(f"{name}: target must be a tensor [B, C, *spatial], got {target!r}")
+        return self._pos_weight(target, _expand_map(name, "mask", mask, target, torch.float64))
+
+    def _pos_weight(self, target: Tensor, m: Optional[Tensor]) -> Tensor:
+        """pos_weight for a mask already expanded to target's shape (or None)."""
         dtype = torch.float64
-        m = _expand_map(name, "mask", mask, target, dtype)
         with torch.no_grad():
             pos = (target.detach() > 0.5).to(dtype)
             valid = torch.ones_like(pos) if m is None else (m != 0).to(dtype)
@@ -155,7 +170,7 @@ class PerChannelBCEWithLogitsLoss(nn.Module):
         m = _expand_map(name, "mask", mask, pred, dtype)
         x = pred.to(dtype)
         t = target.detach().to(dtype)
-        pw = self.pos_weight(target, mask).to(device=pred.device, dtype=dtype)
+        pw = self._pos_weight(target, m).to(device=pred.device, dtype=dtype)
         pw = pw.view([1, -1] + [1] * (pred.dim() - 2))
         elem = F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none")
         if m is not None:
@@ -196,8 +211,8 @@ class WeightedBCEWithLogitsLoss(nn.Module):
           else pred's dtype.
 
     Raises:
-        ValueError: on an unknown reduction, mismatched shapes, or a weight / mask that does not
-            broadcast to pred.
+        ValueError: on an unknown reduction, mismatched shapes, a target on another device than
+            pred, or a weight / mask that does not broadcast to pred or holds NaN / inf.
         TypeError: when an input is not a tensor or pred is not floating point.
 
     Example:
