@@ -240,3 +240,40 @@ def test_weighted_bad_inputs():
         loss(torch.zeros(2, 3), torch.zeros(3, 2))
     with pytest.raises(ValueError, match=r"WeightedBCEWithLogitsLoss: weight of shape \[4\]"):
         loss(torch.zeros(2, 3), torch.zeros(2, 3), weight=torch.ones(4))
+
+
+# ---- non-finite masks and weight maps, devices --------------------------------------------------
+@pytest.mark.parametrize("where", [(0, 1, 2, 3), (1, 0, 0, 0)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_mask_is_an_error(where, bad):
+    # Before: one NaN gave loss 0.0 with an all-NaN gradient, or dropped its channel silently.
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    t = (torch.rand(2, 3, 4, 5) > 0.5).float()
+    m = torch.ones(2, 3, 4, 5)
+    m[where] = bad
+    shown = "nan" if bad != bad else "inf"
+    with pytest.raises(ValueError, match=rf"^PerChannelBCEWithLogitsLoss: mask must be finite, got {shown} at index "
+                                         rf"\({', '.join(map(str, where))}\)"):
+        PerChannelBCEWithLogitsLoss()(x, t, mask=m)
+    with pytest.raises(ValueError, match=r"^PerChannelBCEWithLogitsLoss: mask must be finite"):
+        PerChannelBCEWithLogitsLoss().pos_weight(t, m)
+    with pytest.raises(ValueError, match=r"^WeightedBCEWithLogitsLoss: weight must be finite"):
+        WeightedBCEWithLogitsLoss()(x, t, weight=m)
+    with pytest.raises(ValueError, match=r"^WeightedBCEWithLogitsLoss: mask must be finite"):
+        WeightedBCEWithLogitsLoss()(x, t, mask=m)
+    assert x.grad is None
+
+
+def test_device_and_meta_errors():
+    x = torch.randn(2, 3, 4, 5)
+    t = (torch.rand(2, 3, 4, 5) > 0.5).float()
+    with pytest.raises(ValueError, match=r"^PerChannelBCEWithLogitsLoss: target must be on pred's device meta, got cpu"):
+        PerChannelBCEWithLogitsLoss()(x.to("meta"), t)
+    with pytest.raises(ValueError, match=r"^WeightedBCEWithLogitsLoss: target must be on pred's device meta, got cpu"):
+        WeightedBCEWithLogitsLoss()(x.to("meta"), t)
+    with pytest.raises(ValueError, match=r"^PerChannelBCEWithLogitsLoss: mask is a meta tensor"):
+        PerChannelBCEWithLogitsLoss()(x, t, mask=torch.ones(2, 1, 4, 5, device="meta"))
+    with pytest.raises(TypeError, match=r"^PerChannelBCEWithLogitsLoss: target must hold real numbers"):
+        PerChannelBCEWithLogitsLoss()(x, t.to(torch.complex64))
+    # meta in, meta out: shape propagation still works
+    assert PerChannelBCEWithLogitsLoss()(x.to("meta"), t.to("meta")).device.type == "meta"

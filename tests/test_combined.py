@@ -782,3 +782,120 @@ def test_inputs_not_modified():
     loss_fn([pred, pred[:, :, ::2, ::2]], aff, mask=mask)
     for t, c in zip((pred, aff, mask), copies):
         assert torch.equal(t, c)
+
+
+# ---- unknown keys, YAML file errors, call-time errors of a term ----------------------------------
+@pytest.mark.parametrize("nesting", ["top", "pytc"])
+def test_misspelt_top_level_key_is_an_error(tmp_path, nesting):
+    section = {"losses": [{"function": "MSELoss"}], "deep_supervison_weights": [1.0, 0.5]}
+    cfg = section if nesting == "top" else {"model": {"loss": section, "architecture": "unet"}, "data": {}}
+    match = (r"^CombinedLoss: field 'deep_supervison_weights': unknown config key \(value \[1.0, 0.5\]\); "
+             r"did you mean 'deep_supervision_weights'")
+    with pytest.raises(ValueError, match=match):
+        CombinedLoss(cfg)
+    yaml = pytest.importorskip("yaml")
+    path = tmp_path / "loss.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match=match):
+        CombinedLoss.from_yaml(path)
+
+
+def test_apply_deep_supervision_alias():
+    preds = [torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 2)]
+    target = torch.rand(1, 2, 4, 4)
+    a = CombinedLoss([{"function": "MSELoss", "apply_deep_supervision": False}])(preds, target)
+    torch.testing.assert_close(a, F.mse_loss(preds[0], target))
+    with pytest.raises(ValueError, match=r"^CombinedLoss: term 0 \('MSELoss'\), field 'deep_supervision': given twice"):
+        CombinedLoss([{"function": "MSELoss", "apply_deep_supervision": False, "deep_supervision": True}])
+
+
+def test_from_yaml_file_errors(tmp_path, monkeypatch):
+    missing = tmp_path / "nope" / "loss.yaml"
+    with pytest.raises(FileNotFoundError, match=r"^CombinedLoss.from_yaml: no such config file '.*nope/loss.yaml'"):
+        CombinedLoss.from_yaml(missing)
+    with pytest.raises(OSError, match=r"^CombinedLoss.from_yaml: cannot read config file"):
+        CombinedLoss.from_yaml(tmp_path)  # a directory
+    monkeypatch.setitem(__import__("sys").modules, "yaml", None)  # PyYAML not installed
+    path = tmp_path / "loss.yaml"
+    path.write_text("losses: [{function: MSELoss}]\n")
+    with pytest.raises(ImportError, match=r"^CombinedLoss.from_yaml needs PyYAML.*pip install pyyaml"):
+        CombinedLoss.from_yaml(path)
+
+
+class Fussy(nn.Module):
+    """Raises an exception of a chosen type at call time."""
+
+    def __init__(self, exc="ValueError"):
+        super().__init__()
+        self.exc = exc
+
+    def forward(self, pred, target):
+        import builtins
+        raise getattr(builtins, self.exc)("Fussy: bad input 42")
+
+
+@pytest.mark.parametrize("exc", ["ValueError", "TypeError", "RuntimeError", "IndexError", "NotImplementedError"])
+def test_call_time_errors_name_the_term_and_keep_their_type(registry, exc):
+    registry("Fussy", Fussy)
+    loss_fn = CombinedLoss([{"function": "MSELoss"}, {"function": "Fussy", "name": "fussy", "kwargs": {"exc": exc}}])
+    import builtins
+    with pytest.raises(getattr(builtins, exc), match=r"^CombinedLoss: term 1 \('fussy'\), Fussy on pred \[2, 3, 4\]: "
+                                                    r"Fussy: bad input 42$") as info:
+        loss_fn(torch.randn(2, 3, 4), torch.rand(2, 3, 4))
+    assert type(info.value.__cause__).__name__ == exc
+
+
+@pytest.mark.skipif(not hasattr(BaseException, "add_note"), reason="exception notes need Python 3.11")
+def test_call_time_error_keyerror_gets_a_note(registry):
+    # KeyError quotes its message, so the term goes into a note instead (shown in the traceback).
+    registry("Fussy", Fussy)
+    with pytest.raises(KeyError) as info:
+        CombinedLoss([{"function": "Fussy", "kwargs": {"exc": "KeyError"}}])(torch.randn(2, 3), torch.rand(2, 3))
+    assert info.value.__notes__ == ["CombinedLoss: term 0 ('Fussy'), Fussy on pred [2, 3]"]
+
+
+@needs_malis
+def test_malis_nhood_mismatch_names_the_term():
+    loss_fn = CombinedLoss([{"function": "PerChannelBCEWithLogitsLoss"},
+                            {"function": "MalisLoss", "name": "malis", "pred_slice": "0:3",
+                             "kwargs": {"nhood": [[1, 0, 0], [0, 1, 0]]}}])
+    with pytest.raises(ValueError, match=r"^CombinedLoss: term 1 \('malis'\), MalisLoss on pred \[1, 3, 4, 4, 4\]: "
+                                         r"MalisLoss: pred has 3 channels but nhood has 2 rows"):
+        loss_fn(torch.randn(1, 3, 4, 4, 4), (torch.rand(1, 3, 4, 4, 4) > 0.5).float())
+
+
+# ---- DeepSupervisionLoss on its own -------------------------------------------------------------
+@needs_malis
+def test_deep_supervision_loss_wrapper_matches_combined_loss():
+    g = torch.Generator().manual_seed(12)
+    preds = [torch.randn(2, 3, 6, 6, 6, generator=g), torch.randn(2, 3, 3, 3, 3, generator=g)]
+    seg = torch.randint(1, 4, (2, 6, 6, 6), generator=g)
+    aff = seglosses.seg_to_affgraph(seg, NHOOD)
+    mask = (torch.rand(2, 1, 6, 6, 6, generator=g) > 0.2).float()
+    malis = seglosses.MalisLoss(NHOOD)
+    ds = seglosses.DeepSupervisionLoss(malis, weights=[1.0, 0.25])
+    got = ds(preds, aff, mask=mask, gt_seg=seg)
+    by_hand = malis(preds[0], aff, mask=mask, gt_seg=seg) + 0.25 * malis(preds[1], _nearest(aff, (3, 3, 3)),
+                                                                           mask=_nearest(mask, (3, 3, 3)))
+    torch.testing.assert_close(got, by_hand)
+    combined = CombinedLoss({"losses": [{"function": "MalisLoss", "kwargs": {"nhood": NHOOD}}],
+                             "deep_supervision_weights": [1.0, 0.25]})
+    torch.testing.assert_close(combined(preds, aff, mask=mask, gt_seg=seg), got)
+    torch.testing.assert_close(ds(preds[0], aff, gt_seg=seg), malis(preds[0], aff, gt_seg=seg))  # one tensor
+    with pytest.raises(ValueError, match=r"^DeepSupervisionLoss: weights has 1 values but pred has 2 scales"):
+        seglosses.DeepSupervisionLoss(malis, weights=[1.0])(preds, aff)
+    with pytest.raises(ValueError, match=r"^DeepSupervisionLoss: weights must be finite numbers >= 0"):
+        seglosses.DeepSupervisionLoss(malis, weights=[1.0, -1.0])
+
+
+def test_config_is_frozen_and_exposed():
+    loss_fn = CombinedLoss([{"function": "MSELoss", "pred_slice": "0:2", "kwargs": {"reduction": "sum"}}])
+    term = loss_fn.config.terms[0]
+    assert term.pred_slice == (0, 2) and str(term.pred_slice) == "0:2" and term.where == "term 0 ('MSELoss')"
+    with pytest.raises(Exception):
+        term.weight = 2.0
+    with pytest.raises(TypeError):
+        term.kwargs["reduction"] = "mean"
+    assert CombinedLoss(loss_fn.config).config == loss_fn.config
+    assert seglosses.available_losses() == seglosses.combined.available_losses()
+    assert set(seglosses.registry.SEGLOSSES_LOSSES) <= set(seglosses.available_losses())

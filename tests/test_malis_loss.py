@@ -520,3 +520,120 @@ def test_old_api_loss_does_not_overflow_in_half_precision():
     assert half.dtype == torch.float32 and torch.isfinite(half)
     assert torch.allclose(half, seglosses.malis_loss2d(seg, aff.half().float()), rtol=1e-6)
     assert ref > 65504  # would be inf in float16
+
+
+# --------------------------------------------------------------------------------------------------
+# hardening: torch.compile with a crop, non-finite predictions under mixed precision, bad input
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_compile_fullgraph_with_crop(reduction):
+    torch._dynamo.reset()
+    pred, target, seg = make_case(21, (5, 6, 7), POS3)
+    mod = seglosses.MalisLoss(POS3, malis_crop_size=(3, 4, 4), reduction=reduction)
+    compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
+    for gt_seg in (seg, None):
+        p1 = pred.clone().requires_grad_(True)
+        p2 = pred.clone().requires_grad_(True)
+        torch.manual_seed(3)
+        eager = mod(p1, target, gt_seg=gt_seg)
+        torch.manual_seed(3)
+        comp = compiled(p2, target, gt_seg=gt_seg)
+        assert comp.shape == eager.shape == ((2, 3, 3, 4, 4) if reduction == "none" else ())
+        torch.testing.assert_close(comp, eager, rtol=1e-6, atol=0)
+        eager.sum().backward()
+        comp.sum().backward()
+        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-6, atol=0)
+
+
+def test_nonfinite_raise_or_propagate_with_a_grad_scaler_step():
+    """A NaN in the network's output (an fp16 overflow upstream): with nonfinite="propagate" the
+    loss and the gradients are NaN, GradScaler skips the step and lowers its scale, and the next
+    clean step trains; with the default the step raises."""
+    torch.manual_seed(0)
+    seg = torch.randint(1, 4, (1, 4, 5, 6))
+    target = seglosses.seg_to_affgraph(seg, POS3)
+    model = torch.nn.Conv3d(1, 3, kernel_size=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    clean = torch.randn(1, 1, 4, 5, 6)
+    overflowed = clean.clone()
+    overflowed[0, 0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="nan"):
+        seglosses.MalisLoss(POS3)(model(overflowed), target, gt_seg=seg)
+    loss_fn = seglosses.MalisLoss(POS3, nonfinite="propagate")
+
+    def step(x):
+        opt.zero_grad()
+        loss = loss_fn(model(x), target, gt_seg=seg)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return loss
+
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = step(overflowed)
+    assert torch.isnan(loss) and not torch.isfinite(model.weight.grad).all()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))  # step skipped
+    assert scaler.get_scale() == 2.0 ** 7
+    loss = step(clean)
+    assert torch.isfinite(loss)
+    assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before))  # training goes on
+    # on finite input both modes agree
+    p = torch.randn(1, 3, 4, 5, 6)
+    torch.testing.assert_close(loss_fn(p, target, gt_seg=seg), seglosses.MalisLoss(POS3)(p, target, gt_seg=seg),
+                               rtol=0, atol=0)
+    _raises(lambda: seglosses.MalisLoss(nonfinite="nan"), "nonfinite", "'nan'", exc=ValueError)
+
+
+@pytest.mark.parametrize(
+    "radius, exc, shown",
+    [("2", TypeError, "'2'"), (None, TypeError, "None"), (True, TypeError, "True"),
+     (float("inf"), ValueError, "inf"), (float("nan"), ValueError, "nan"), (1e6, ValueError, "1000000.0"),
+     (0.5, ValueError, "0.5"), (17, ValueError, "17")],
+)
+def test_error_mknhood_radius(radius, exc, shown):
+    for fn in (seglosses.mknhood2d, seglosses.mknhood3d):
+        msg = _raises(lambda: fn(radius), "radius", shown, prefix=fn.__name__, exc=exc)
+        if exc is ValueError:
+            assert "16" in msg
+    assert len(seglosses.mknhood3d(16)) == 8538 and len(seglosses.mknhood2d(16)) == 398
+
+
+def test_error_nhood_empty_and_complex_inputs():
+    _raises(lambda: seglosses.MalisLoss([]), "nhood", "at least one offset row", exc=ValueError)
+    _raises(lambda: seglosses.malis_weights(P, S, []), "nhood", "at least one", prefix="malis_weights", exc=ValueError)
+    cplx = T.to(torch.complex64)
+    _raises(lambda: seglosses.malis_weights(torch.sigmoid(P), S, POS3, gt_affs=cplx), "gt_affs", "complex",
+            prefix="malis_weights", exc=TypeError)
+    _raises(lambda: seglosses.affgraph_to_seg(cplx, POS3), "affs", "complex", prefix="affgraph_to_seg", exc=TypeError)
+    _raises(lambda: seglosses.MalisLoss()(P, cplx), "target", "complex", exc=TypeError)
+
+
+def test_error_affgraph_to_seg_threshold():
+    affs = torch.rand(1, 3, 3, 4, 5)
+    for bad in ("abc", None, True, [0.5]):
+        _raises(lambda: seglosses.affgraph_to_seg(affs, POS3, threshold=bad), "threshold", repr(bad),
+                prefix="affgraph_to_seg", exc=TypeError)
+    _raises(lambda: seglosses.affgraph_to_seg(affs, POS3, threshold=float("nan")), "threshold", "nan",
+            prefix="affgraph_to_seg", exc=ValueError)
+    assert seglosses.affgraph_to_seg(affs, POS3, threshold=float("-inf")).max() == 1  # every edge joins
+
+
+def test_error_meta_tensors_with_real_pred():
+    meta_seg = S.to("meta")
+    _raises(lambda: seglosses.MalisLoss()(P, T, gt_seg=meta_seg), "gt_seg", "meta", exc=ValueError)
+    _raises(lambda: seglosses.malis_weights(torch.sigmoid(P), meta_seg, POS3), "gt_seg", "meta",
+            prefix="malis_weights", exc=ValueError)
+    _raises(lambda: seglosses.MalisLoss()(P, T, mask=torch.ones(1, 1, 3, 4, 5, device="meta")), "mask", "meta",
+            exc=ValueError)
+
+
+def test_seg_to_affgraph_rejects_negative_labels_like_malis_weights():
+    seg = S.clone()
+    seg[0, 2, 1, 3] = -4
+    _raises(lambda: seglosses.seg_to_affgraph(seg, POS3), "seg", "-4", prefix="seg_to_affgraph", exc=ValueError)
+    _raises(lambda: seglosses.malis_weights(torch.sigmoid(P), seg, POS3), "gt_seg", "-4", prefix="malis_weights",
+            exc=ValueError)
+    # the unsigned types and numpy arrays give the same affinities as int64
+    for labels in (S.to(torch.uint64), S.to(torch.uint16), S.numpy().astype(np.uint32)):
+        torch.testing.assert_close(seglosses.seg_to_affgraph(labels, POS3), seglosses.seg_to_affgraph(S, POS3))
