@@ -379,26 +379,28 @@ def _random_crop(sizes: Sequence[int], tensors: Sequence[Optional[torch.Tensor]]
     """One random window of ``sizes`` (clamped to the volume) cut from every tensor's trailing
     spatial dims; the origin comes from torch's global RNG, one draw per dim, shared by all.
 
-    The window is gathered with index_select on a drawn index range rather than sliced at a
-    drawn start: a slice start read back from a tensor is a data-dependent shape to
-    torch.compile (a graph break, an internal error under fullgraph=True); an index range keeps
-    every shape static.
+    Eagerly the window is a slice (a view). While torch.compile traces, a slice start read back
+    from a tensor would be a data-dependent shape (a graph break, an internal error under
+    fullgraph=True), so there the window is gathered by advanced indexing with the drawn index
+    ranges, which keeps every shape static; it costs a copy (about 10x a slice), so only there.
     """
     spatial = tensors[0].shape[-len(sizes):]
-    ranges = []
-    for k, n in zip(sizes, spatial):
-        k = min(k, n)
-        start = torch.randint(0, n - k + 1, ())
-        ranges.append(None if k == n else start + torch.arange(k))
-    out = []
-    for t in tensors:
-        if t is not None:
-            first = t.dim() - len(sizes)
-            for d, index in enumerate(ranges):
-                if index is not None:
-                    t = t.index_select(first + d, index.to(t.device))
-        out.append(t)
-    return out
+    sizes = [min(k, n) for k, n in zip(sizes, spatial)]
+    starts = [torch.randint(0, n - k + 1, ()) for k, n in zip(sizes, spatial)]
+    if torch.compiler.is_compiling():
+        ranges = [s + torch.arange(k) for s, k in zip(starts, sizes)]
+        grids = torch.meshgrid(*ranges, indexing="ij")
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            lead = (slice(None),) * (t.dim() - len(sizes))
+            return t[lead + tuple(g.to(t.device) for g in grids)]
+    else:
+        window = tuple(slice(int(s), int(s) + k) for s, k in zip(starts, sizes))
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            return t[(slice(None),) * (t.dim() - len(sizes)) + window]
+
+    return [None if t is None else cut(t) for t in tensors]
 
 
 def _reduce(loss_map: torch.Tensor, reduction: str) -> torch.Tensor:
