@@ -882,6 +882,16 @@ def test_deep_supervision_loss_wrapper_matches_combined_loss():
                              "deep_supervision_weights": [1.0, 0.25]})
     torch.testing.assert_close(combined(preds, aff, mask=mask, gt_seg=seg), got)
     torch.testing.assert_close(ds(preds[0], aff, gt_seg=seg), malis(preds[0], aff, gt_seg=seg))  # one tensor
+    # with a crop: cropped at full resolution, clamped to the volume on the 3^3 scale
+    cropped = seglosses.DeepSupervisionLoss(seglosses.MalisLoss(NHOOD, malis_crop_size=4, reduction="mean"), [1.0, 0.25])
+    torch.manual_seed(0)
+    value = cropped(preds, aff, gt_seg=seg)
+    torch.manual_seed(0)
+    crop_malis = seglosses.MalisLoss(NHOOD, malis_crop_size=4, reduction="mean")
+    by_hand = crop_malis(preds[0], aff, gt_seg=seg) + 0.25 * crop_malis(preds[1], _nearest(aff, (3, 3, 3)))
+    torch.testing.assert_close(value, by_hand)
+    torch.testing.assert_close(crop_malis(preds[1], _nearest(aff, (3, 3, 3))),
+                               seglosses.MalisLoss(NHOOD, reduction="mean")(preds[1], _nearest(aff, (3, 3, 3))))
     with pytest.raises(ValueError, match=r"^DeepSupervisionLoss: weights has 1 values but pred has 2 scales"):
         seglosses.DeepSupervisionLoss(malis, weights=[1.0])(preds, aff)
     with pytest.raises(ValueError, match=r"^DeepSupervisionLoss: weights must be finite numbers >= 0"):
