@@ -12,15 +12,12 @@ import torch
 
 try:
     from . import _C  # noqa: F401  (loading the library registers torch.ops.seglosses)
-except ImportError as exc:  # pragma: no cover - exercised only on a broken install
-    raise ImportError(
-        "seglosses: the compiled extension seglosses._C could not be loaded "
-        f"({exc}). It must be built against the torch that is installed now "
-        f"(torch {torch.__version__}). Rebuild it with\n"
-        "    pip install --no-build-isolation .        (or: python setup.py install)\n"
-        "from the seglosses source tree, or `make build` for an in-place development build. "
-        "Build isolation would compile against a different torch."
-    ) from exc
+except ImportError as exc:
+    from ._load_diagnostics import explain_load_failure
+
+    # The message carries the loader's own text where it helps; Python's "circular import" guess
+    # for a missing _C would only mislead.
+    raise ImportError(explain_load_failure(exc)) from None
 
 ops = torch.ops.seglosses
 
