@@ -11,7 +11,7 @@ VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test build cuda-check install-check bench clean
+.PHONY: demo test build cuda-check cuda-build-check install-check bench clean
 
 # The venv is rebuilt when the requirements change.
 $(VENV)/.installed: requirements-dev.txt
@@ -21,7 +21,8 @@ $(VENV)/.installed: requirements-dev.txt
 	$(VPY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# In-place build of seglosses._C against the venv's torch (ninja rebuilds only what changed).
+# In-place build of seglosses._C against the venv's torch (ninja rebuilds only what changed;
+# setup.py prints "building the C++ extension (about N min)..." when there is something to compile).
 build: $(VENV)/.installed
 	$(VPY) setup.py --quiet build_ext --inplace
 
@@ -35,11 +36,15 @@ demo: build
 cuda-check: $(VENV)/.installed
 	tools/check_cuda.sh $(VPY)
 
-# `pip install --no-build-isolation .` into the venv, then import it from outside the source tree.
+# The real CUDA build with a CUDA torch, no GPU needed (not in CI: such a torch is ~5 GB).
+#   make cuda-build-check CUDA_PYTHON=/work/cuda-venv/bin/python
+cuda-build-check:
+	tools/cuda_build_check.sh $(CUDA_PYTHON)
+
+# Plain `pip install .` explains itself; `pip install --no-build-isolation .` into the venv works
+# from outside the source tree and ships no debug info.
 install-check: $(VENV)/.installed
-	$(VPY) -m pip install --quiet --no-build-isolation .
-	cd /tmp && $(CURDIR)/$(VPY) -c "import seglosses, torch; x = torch.randn(1, 2, 4, 4, requires_grad=True); seglosses.DiceLoss()(x, torch.zeros(1, 4, 4, dtype=torch.long)).backward(); print('installed seglosses', seglosses.__version__, 'from', seglosses.__file__)"
-	$(VPY) -m pip uninstall --quiet --yes seglosses
+	tools/install_check.sh $(VPY)
 
 bench: build
 	$(VPY) bench/dice.py
