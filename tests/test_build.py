@@ -292,3 +292,49 @@ def test_build_time_message():
     assert msg.startswith("seglosses: building the C++ extension (about ") and msg.endswith(" min on 2 cores)...")
     assert "CUDA kernels (6 GPU architectures)" in sb.build_time_message(cores=16, cuda_archs=6)
 
+
+# ---------------------------------------------------------------------------------------------
+# The scripts of tools/: they parse, and the GPU check can be rehearsed without a GPU
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("script", sorted(n for n in os.listdir(os.path.join(ROOT, "tools")) if n.endswith(".sh")))
+def test_tool_script_parses(script):
+    proc = subprocess.run(["bash", "-n", os.path.join(ROOT, "tools", script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _load_probe():
+    spec = importlib.util.spec_from_file_location("gpu_check_probe", os.path.join(ROOT, "tools", "gpu_check_probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    return probe
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answers")
+def test_gpu_check_probe_without_gpu(capsys):
+    probe = _load_probe()
+    assert probe.environment() == 1
+    assert probe.kernels() == (0 if "CUDA:" in torch._C._dispatch_dump("seglosses::dice_sums") else 1)
+    out = capsys.readouterr().out
+    assert f"torch {torch.__version__}" in out
+    assert "CPU-only build" in out or "sees no GPU" in out
+    for op in ("dice_sums", "dice_backward", "malis_weights", "malis_counts", "connected_components"):
+        assert f"seglosses::{op}" in out  # every op with a CPU kernel is checked for a CUDA one
+
+
+def test_gpu_check_needs_a_log_dir():
+    proc = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_check.sh")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Usage: tools/gpu_check.sh" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    proc = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_check.sh"), "--dry-run", "--python",
+                           sys.executable, str(tmp_path / "logs")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for part in ("environment:", "build (CUDA): env FORCE_CUDA=1", "CUDA kernels:", "CUDA tests:",
+                 "Dice bench (cuda):", "MALIS bench (cuda):", "dry run: nothing was run"):
+        assert f"gpu_check: {part}" in out, out
+    selected = int(out.split(" tests carry the cuda marker")[0].rsplit(" ", 1)[-1])
+    assert selected > 0  # `pytest -m cuda` selects the @requires_cuda tests
+    assert not (tmp_path / "logs" / "build.log").exists()  # nothing ran
