@@ -32,11 +32,11 @@ done
 mkdir -p "$LOG" || exit 2
 LOG=$(cd "$LOG" && pwd)
 
-# Seconds each part may take; together they stay under the 8-minute budget.
-BUILD_LIMIT=240
-TESTS_LIMIT=150
-BENCH_LIMIT=45
+# Seconds each part may take at most; each also stops when the 8-minute budget is spent.
 BUDGET=480
+BUILD_LIMIT=240
+TESTS_LIMIT=240
+BENCH_LIMIT=90
 
 ROWS=()
 FAILED=0
@@ -49,14 +49,28 @@ record() {
   echo "gpu_check: $1: $2 ($3 s) $4"
 }
 
-# run PART LIMIT LOGFILE COMMAND...: runs the command with a time limit, output to the log (and,
-# for the benchmarks, to the terminal); sets RC and SECS.
+print_table() {
+  {
+    echo
+    printf '%-20s %-5s %8s  %s\n' part result time notes
+    printf '%s\n' "${ROWS[@]}"
+  } | tee "$LOG/summary.txt"
+}
+
+# run PART LIMIT LOGFILE COMMAND...: runs the command, output to the log, for at most LIMIT
+# seconds and what is left of the budget; sets RC and SECS.
 run() {
   local part=$1 limit=$2 logfile=$3
   shift 3
+  local left=$(( BUDGET - ($(date +%s) - START) ))
+  [ $limit -le $left ] || limit=$left
   echo "gpu_check: $part: $*  (limit ${limit} s, log $logfile)"
   if [ $DRY = 1 ]; then RC=0; SECS=0; return; fi
   local t0=$(date +%s)
+  if [ $limit -le 0 ]; then
+    echo "gpu_check: $part: not run, the ${BUDGET} s budget is spent" > "$logfile"
+    RC=124; SECS=0; return
+  fi
   timeout --kill-after=10 "$limit" "$@" > "$logfile" 2>&1
   RC=$?
   SECS=$(( $(date +%s) - t0 ))
@@ -70,11 +84,11 @@ else
   t0=$(date +%s)
   "$PY" tools/gpu_check_probe.py environment > "$LOG/environment.log" 2>&1
   RC=$?
-  NOTE=$(tr '\n' ' ' < "$LOG/environment.log" | cut -c1-160)
+  NOTE=$(tr '\n' ' ' < "$LOG/environment.log" | sed 's/ *$//' | cut -c1-160)
   record environment "$([ $RC = 0 ] && echo ok || echo FAIL)" $(( $(date +%s) - t0 )) "$NOTE"
   if [ $RC != 0 ]; then
-    echo "gpu_check: the environment cannot run the CUDA check; see $LOG/environment.log" >&2
-    printf '%s\n' "${ROWS[@]}" | tee "$LOG/summary.txt"
+    echo "gpu_check: this environment cannot run the CUDA check; see $LOG/environment.log"
+    print_table
     exit 1
   fi
   { nvidia-smi || true; command -v nvcc && nvcc --version; } > "$LOG/machine.log" 2>&1
@@ -130,9 +144,5 @@ bench_part "MALIS bench (cuda)" bench/malis.py malis-bench.log --no-peer  # mali
 [ $DRY = 1 ] && { echo "gpu_check: dry run: nothing was run"; exit 0; }
 TOTAL=$(( $(date +%s) - START ))
 record total "$([ $TOTAL -le $BUDGET ] && echo ok || echo FAIL)" $TOTAL "budget $BUDGET s; logs in $LOG"
-{
-  echo
-  printf '%-20s %-5s %8s  %s\n' part result time notes
-  printf '%s\n' "${ROWS[@]}"
-} | tee "$LOG/summary.txt"
+print_table
 exit $FAILED
