@@ -1,6 +1,6 @@
 # seglosses: the two commands a new user needs, and a few for developers.
 #
-#   make demo   train a small affinity network on synthetic EM data (BCE vs BCE + MALIS + Dice)
+#   make demo   train a small affinity network on real EM, FIB-25 (BCE vs BCE + MALIS + Dice)
 #   make test   run the test suite
 #
 # Both create .venv (torch==2.13.0 and the packages of requirements-dev.txt) and build the

@@ -137,3 +137,10 @@ def test_scores_and_cremi():
 def test_summary_mean_and_spread():
     assert report.mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0}
     assert report.mean_std([4.0]) == {"mean": 4.0, "std": 0.0}
+
+
+def test_waterz_scoring_function_ships_compiled():
+    # The demo's scoring function is one of the variants in waterz's wheels, so the demo needs no
+    # compiler and no Boost headers at run time (any other one would be compiled on first use).
+    waterz_agglomerate = pytest.importorskip("waterz._agglomerate")
+    assert waterz_agglomerate._load_prebuilt(decoding.WATERZ_SCORING, decoding.WATERZ_QUEUE) is not None

@@ -68,7 +68,30 @@ def markdown_table(metrics: dict) -> str:
     per_model = ", ".join(f"{MODEL_NAMES.get(k, k)} {v:.0f} s" for k, v in train_s.items())
     spread = f"mean ± standard deviation over seeds {', '.join(map(str, seeds))}" if n > 1 else f"seed {seeds[0]}"
     lines.append("")
+    lines += comparison(metrics)
     lines.append(f"{spread}; {s['steps']} steps of {s['batch_size']} x {s['patch_size']}³ patches per model, "
                  f"training time per model: {per_model} ({s['threads']} torch threads, {metrics['environment']['machine']}); "
                  f"lower is better everywhere.")
     return "\n".join(lines)
+
+
+def comparison(metrics: dict, base: str = "bce_only", other: str = "bce_malis_dice") -> List[str]:
+    """One sentence per decoder: does ``other`` beat ``base`` on the CREMI score, seed by seed?"""
+    models = metrics["models"]
+    if base not in models or other not in models:
+        return []
+    lines = []
+    for decoder in models[base]["summary"]:
+        a = [r["decoders"][decoder]["cremi_score"] for r in models[base]["runs"]]
+        b = [r["decoders"][decoder]["cremi_score"] for r in models[other]["runs"]]
+        diff = [y - x for x, y in zip(a, b)]
+        better = sum(d < 0 for d in diff)
+        d = mean_std(diff)
+        spread = f" ± {d['std']:.3f}" if len(diff) > 1 else ""
+        verdict = ("lower (better)" if better == len(diff) else "higher (worse)" if better == 0 and all(x > 0 for x in diff)
+                   else "not consistently different")
+        lines.append(f"- {DECODER_NAMES.get(decoder, decoder)}: {MODEL_NAMES.get(other, other)} minus "
+                     f"{MODEL_NAMES.get(base, base)}, CREMI score {d['mean']:+.3f}{spread}; better in {better} of "
+                     f"{len(diff)} seed(s): {verdict}.")
+    lines.append("")
+    return lines
