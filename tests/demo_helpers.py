@@ -18,3 +18,13 @@ def fib25_dir() -> Path:
     if not (folder / "groundtruth.h5.gz").is_file():
         pytest.skip(f"FIB-25 not found in {folder} (set SEGLOSSES_DATA_DIR to a copy of shared/data/fib25)")
     return folder
+
+
+def load_script(path: Path):
+    """Import a script of examples/ as a module (it is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

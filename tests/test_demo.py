@@ -1,13 +1,12 @@
 """Short runs of the end-to-end demo (examples/train_affinities.py): a few steps on small volumes."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from demo_helpers import EXAMPLES, fib25_dir
+from demo_helpers import EXAMPLES, fib25_dir, load_script
 
 pytest.importorskip("monai")
 pytest.importorskip("skimage")
@@ -27,10 +26,7 @@ PNGS = ("loss_curves.png", "prediction_slice.png", "threshold_sweep.png")
 
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("train_affinities", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DEMO)
 
 
 @pytest.fixture(scope="module")

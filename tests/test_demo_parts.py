@@ -85,6 +85,9 @@ def test_colouring_of_a_star_needs_more_than_the_palette():
     colours = plotting.colour_indices(labels)
     for a, b in plotting.segment_adjacency(labels):
         assert colours[int(a)] != colours[int(b)]
+    # a hub with many neighbours does not push anything off the palette: only the hub and its
+    # neighbours, which touch nothing else, are there, so the palette is always enough
+    assert max(colours.values()) < len(plotting.PALETTE)
 
 
 def _blocks():

@@ -1,20 +1,16 @@
 """The README's demo tables are exactly what examples/render_readme_tables.py renders from the committed metrics."""
 
-import importlib.util
 
 import pytest
 
-from demo_helpers import EXAMPLES
+from demo_helpers import EXAMPLES, load_script
 
 SCRIPT = EXAMPLES / "render_readme_tables.py"
 
 
 @pytest.fixture(scope="module")
 def renderer():
-    spec = importlib.util.spec_from_file_location("render_readme_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_readme_tables_are_rendered_from_the_committed_metrics(renderer):

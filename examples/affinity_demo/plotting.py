@@ -54,12 +54,17 @@ def colour_indices(labels: np.ndarray) -> Dict[int, int]:
     colour: Dict[int, int] = {}
     n_colours = max(len(PALETTE), max((len(n) for n in neighbours.values()), default=0) + 1)
     used = np.zeros(n_colours, np.int64)
-    # Most-connected first (Welsh-Powell), ties by label; among the free colours the least used
-    # one, so that the picture uses the whole palette rather than its first few colours. A
-    # segment has fewer neighbours than there are colours, so one is always free.
+    # Most-connected first (Welsh-Powell), ties by label. Among the free palette colours the least
+    # used one, so that the picture uses the whole palette rather than its first few colours; a
+    # colour beyond the palette only when every palette colour is taken by a neighbour (a segment
+    # has fewer neighbours than n_colours, so some colour is always free).
     for i in sorted(ids, key=lambda i: (-len(neighbours[i]), i)):
         taken = {colour[j] for j in neighbours[i] if j in colour}
-        colour[i] = min((c for c in range(n_colours) if c not in taken), key=lambda c: (used[c], c))
+        free = [c for c in range(len(PALETTE)) if c not in taken]
+        if free:
+            colour[i] = min(free, key=lambda c: (used[c], c))
+        else:
+            colour[i] = min(c for c in range(len(PALETTE), n_colours) if c not in taken)
         used[colour[i]] += 1
     return colour
 

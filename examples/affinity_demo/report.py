@@ -61,6 +61,9 @@ def markdown_table(metrics: dict) -> str:
         for name, model in metrics["models"].items():
             m = model["summary"][decoder]
             thresholds = ", ".join(f"{t:g}" for t in m["thresholds"])
+            top = max(row["threshold"] for r in model["runs"] for row in r["decoders"][decoder]["sweep"]["tune"])
+            if top in m["thresholds"]:
+                thresholds += f" ({top:g} = the top of the swept grid)"
             lines.append(f"| {MODEL_NAMES.get(name, name)} | {DECODER_NAMES.get(decoder, decoder)} | {thresholds} | "
                          f"{_fmt(m['voi_split'], n, 3)} | {_fmt(m['voi_merge'], n, 3)} | "
                          f"{_fmt(m['arand'], n, 3)} | {_fmt(m['cremi_score'], n, 3)} |")

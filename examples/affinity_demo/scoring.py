@@ -21,7 +21,7 @@ from .decoding import connected_components, watershed_agglomeration
 # Threshold grids. Connected components: an edge joins its voxels if its affinity is above the
 # threshold. waterz: fragments merge while 1 - (median affinity between them) is below it.
 CC_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
-WATERZ_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+WATERZ_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DECODERS = ("cc", "waterz")
 SCORE_KEYS = ("voi_split", "voi_merge", "arand", "cremi_score")
 
