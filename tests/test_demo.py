@@ -89,9 +89,9 @@ def test_demo_is_deterministic(demo, tiny_run, tmp_path):
 
 def test_demo_fib25_short_run(demo, tmp_path, monkeypatch):
     monkeypatch.setenv("SEGLOSSES_DATA_DIR", str(fib25_dir()))
-    out = demo.main(["--fib25-yx", "32", "--steps", "2", "--patch-size", "16", "--threads", "2", "--quiet",
+    out = demo.main(["--fib25-yx", "16", "--steps", "2", "--patch-size", "16", "--threads", "2", "--quiet",
                      "--out-dir", str(tmp_path)])  # --data left to its default: fib25, found
-    _check_outputs(out, tmp_path, "fib25", 2, (80, 32, 32))
+    _check_outputs(out, tmp_path, "fib25", 2, (80, 16, 16))
 
 
 def test_demo_falls_back_to_synthetic(demo, tmp_path, monkeypatch, capsys):
