@@ -106,7 +106,10 @@ def cores() -> int:
 
 def extensions():
     csrc = "csrc"
-    sources = [os.path.join(csrc, "seglosses.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
+    # csrc/cpu/<op>/ holds the stage files of a large op (MALIS: csrc/cpu/malis/).
+    sources = [os.path.join(csrc, "seglosses.cpp")] + sorted(
+        glob.glob(os.path.join(csrc, "cpu", "*.cpp")) + glob.glob(os.path.join(csrc, "cpu", "*", "*.cpp"))
+    )
     # setuptools rebuilds only when a source or a `depends` file is newer than _C; ninja then
     # recompiles just the translation units that include what changed.
     depends = sorted(glob.glob(os.path.join(csrc, "**", "*.h"), recursive=True))

@@ -1,29 +1,40 @@
-// MALIS weights and affinity-graph connected components. The computation is a CPU sweep
-// (csrc/cpu/malis_cpu.cpp); the CUDA backend (csrc/cuda/malis_cuda.cu) moves its inputs to the
-// host, calls these functions and returns the result on the caller's device.
+// MALIS weights. The computation is a CPU sweep (csrc/cpu/malis_cpu.cpp, stages in
+// csrc/cpu/malis/); the CUDA backend (csrc/cuda/malis_cuda.cu) moves its inputs to the host, calls
+// these functions and returns the result on the caller's device.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
+#include <vector>
 
 namespace seglosses {
 namespace malis {
 
+// pred: [B, C, *spatial] affinities, seg: [B, *spatial] labels >= 0; see the schemas in
+// csrc/seglosses.cpp. fn, pred_arg and seg_arg name the public function the user called and its
+// prediction and label arguments, for error messages.
 at::Tensor malis_weights_cpu(const at::Tensor& pred, const at::Tensor& seg, const std::optional<at::Tensor>& gt_affs,
-                             const std::optional<at::Tensor>& mask, at::IntArrayRef nhood, bool constrained);
+                             const std::optional<at::Tensor>& mask, at::IntArrayRef nhood, bool constrained,
+                             bool constrain_masked, int64_t num_threads, c10::string_view fn,
+                             c10::string_view pred_arg, c10::string_view seg_arg);
 
 std::tuple<at::Tensor, at::Tensor> malis_counts_cpu(const at::Tensor& pred, const at::Tensor& seg,
                                                     const std::optional<at::Tensor>& gt_affs,
                                                     const std::optional<at::Tensor>& mask, at::IntArrayRef nhood,
-                                                    bool constrained);
+                                                    bool constrained, bool constrain_masked, int64_t num_threads,
+                                                    c10::string_view fn, c10::string_view pred_arg,
+                                                    c10::string_view seg_arg);
 
 // Frees the scratch memory that MALIS keeps per thread between calls; returns the bytes freed.
 int64_t release_malis_workspace();
 
-at::Tensor connected_components_cpu(const at::Tensor& affs, at::IntArrayRef nhood, double threshold,
-                                    bool singleton_background);
+// The kernel variants (csrc/cpu/malis/kernels.h): those this CPU runs, and the override for tests
+// ("auto" or a name; returns the previous setting).
+std::vector<std::string> malis_isas();
+std::string malis_set_isa(c10::string_view isa);
 
 }  // namespace malis
 }  // namespace seglosses

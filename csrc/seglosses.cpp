@@ -4,6 +4,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "connected_components.h"
 #include "malis.h"
 
 extern "C" {
@@ -28,21 +29,28 @@ TORCH_LIBRARY(seglosses, m) {
   m.def("dice_backward(Tensor x, Tensor y, Tensor coef_a, Tensor coef_b, int ignore_label, int p) -> Tensor");
 
   // MALIS. pred: [B, C, *spatial] affinities, seg: [B, *spatial] labels >= 0, nhood: C rows of
-  // len(spatial) offsets, flattened. gt_affs / mask: optional, same shape as pred.
+  // len(spatial) offsets, flattened. gt_affs / mask: optional, same shape as pred (mask != 0: the
+  // edge is inside). constrain_masked: the earlier mask rule (excluded edges stay constrained).
+  // num_threads: the threads the call may use (at most torch's intra-op threads; 0: all of those). fn /
+  // pred_arg / seg_arg: the public function called and its argument names, for error messages.
   // malis_weights: normalised float32 weights [B, C, *]; malis_counts: exact int64 (pos, neg).
   m.def(
-      "malis_weights(Tensor pred, Tensor seg, Tensor? gt_affs, Tensor? mask, int[] nhood, "
-      "bool constrained) -> Tensor");
+      "malis_weights(Tensor pred, Tensor seg, Tensor? gt_affs, Tensor? mask, int[] nhood, bool constrained, "
+      "bool constrain_masked, int num_threads, str fn, str pred_arg, str seg_arg) -> Tensor");
   m.def(
-      "malis_counts(Tensor pred, Tensor seg, Tensor? gt_affs, Tensor? mask, int[] nhood, "
-      "bool constrained) -> (Tensor, Tensor)");
+      "malis_counts(Tensor pred, Tensor seg, Tensor? gt_affs, Tensor? mask, int[] nhood, bool constrained, "
+      "bool constrain_masked, int num_threads, str fn, str pred_arg, str seg_arg) -> (Tensor, Tensor)");
   // Connected components of the graph whose edges have affs > threshold. affs: [B, C, *spatial].
   // Returns int64 labels [B, *spatial], 1..n per sample in raster order of first voxel; with
-  // singleton_background, components of one voxel get 0.
+  // singleton_background, components of one voxel get 0. num_threads, fn: as above.
   m.def(
-      "connected_components(Tensor affs, int[] nhood, float threshold, bool singleton_background) "
-      "-> Tensor");
+      "connected_components(Tensor affs, int[] nhood, float threshold, bool singleton_background, "
+      "int num_threads, str fn) -> Tensor");
   // Frees the per-thread MALIS scratch kept between calls (no tensors, so one device-independent
   // implementation); returns the bytes freed.
   m.def("release_malis_workspace() -> int", &seglosses::malis::release_malis_workspace);
+  // For tests: the MALIS kernel variants this CPU runs (baseline first), and the variant every
+  // later call uses ("auto": the best; returns the previous setting).
+  m.def("_malis_isas() -> str[]", &seglosses::malis::malis_isas);
+  m.def("_malis_set_isa(str isa) -> str", &seglosses::malis::malis_set_isa);
 }

@@ -102,12 +102,16 @@ torch.library.register_autograd(
 # MALIS and connected components
 # ---------------------------------------------------------------------------------------------
 @torch.library.register_fake("seglosses::malis_weights")
-def _malis_weights_fake(pred, seg, gt_affs, mask, nhood, constrained):
+def _malis_weights_fake(pred, seg, gt_affs, mask, nhood, constrained, constrain_masked, num_threads, fn, pred_arg,
+                        seg_arg):
+    torch._check(num_threads >= 0, lambda: f"{fn}: num_threads must be >= 1, got {num_threads}")
     return torch.empty(pred.shape, dtype=torch.float32, device=pred.device)
 
 
 @torch.library.register_fake("seglosses::malis_counts")
-def _malis_counts_fake(pred, seg, gt_affs, mask, nhood, constrained):
+def _malis_counts_fake(pred, seg, gt_affs, mask, nhood, constrained, constrain_masked, num_threads, fn, pred_arg,
+                       seg_arg):
+    torch._check(num_threads >= 0, lambda: f"{fn}: num_threads must be >= 1, got {num_threads}")
     return (
         torch.empty(pred.shape, dtype=torch.int64, device=pred.device),
         torch.empty(pred.shape, dtype=torch.int64, device=pred.device),
@@ -115,5 +119,6 @@ def _malis_counts_fake(pred, seg, gt_affs, mask, nhood, constrained):
 
 
 @torch.library.register_fake("seglosses::connected_components")
-def _connected_components_fake(affs, nhood, threshold, singleton_background):
+def _connected_components_fake(affs, nhood, threshold, singleton_background, num_threads, fn):
+    torch._check(num_threads >= 0, lambda: f"{fn}: num_threads must be >= 1, got {num_threads}")
     return torch.empty((affs.shape[0],) + tuple(affs.shape[2:]), dtype=torch.int64, device=affs.device)

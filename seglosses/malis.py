@@ -225,7 +225,7 @@ def affgraph_to_seg(affs: torch.Tensor, nhood: NhoodLike, threshold: float = 0.5
     a, batched = _split_batch(fn, "affs", affs, len(nh[0]))
     if a.shape[1] != len(nh):
         raise ValueError(f"{fn}: affs has {a.shape[1]} channels but nhood has {len(nh)} rows")
-    labels = ops.connected_components(a.detach(), _flat(nh), threshold, False)
+    labels = ops.connected_components(a.detach(), _flat(nh), threshold, False, 0, fn)
     return labels if batched else labels[0]
 
 
@@ -327,7 +327,8 @@ def malis_weights(
     m = None
     if mask is not None:
         m = _prepare_mask(fn, mask if batched else mask.unsqueeze(0), pred)
-    args = (pred.detach(), seg, gt, m, _flat(nh), bool(constrained))
+    args = (pred.detach(), seg, gt, m, _flat(nh), bool(constrained), True, 0, fn, "pred_affs",
+            "gt_seg")
     if normalize:
         w = ops.malis_weights(*args)
         return w if batched else w[0]
@@ -459,14 +460,14 @@ def malis_loss(
 
     gt_affs = t > 0.5
     if seg is None:
-        seg = ops.connected_components(gt_affs, _flat(nh), 0.5, True)
+        seg = ops.connected_components(gt_affs, _flat(nh), 0.5, True, 0, fn)
     swept = a.detach()
     if nonfinite == "propagate":
         # The sweep needs an order, so it sees non-finite predictions as 0; the loss map below
         # still reads them, so the loss and the gradient come out NaN / inf (a GradScaler then
         # skips the step).
         swept = torch.where(torch.isfinite(swept), swept, torch.zeros_like(swept))
-    w = ops.malis_weights(swept, seg, gt_affs, m, _flat(nh), bool(constrained))
+    w = ops.malis_weights(swept, seg, gt_affs, m, _flat(nh), bool(constrained), True, 0, fn, "pred", "gt_seg")
     return _reduce(w * (a - t) ** 2, reduction)
 
 
@@ -587,7 +588,8 @@ def _old_api_loss(fn: str, seg_gt: LabelsLike, pred_aff: torch.Tensor, nhood: Nh
             f"{fn}: pred_aff must be [B, {len(nh)}, *spatial] with {len(nh[0])} spatial dims, got {tuple(pred_aff.shape)}"
         )
     seg = _prepare_seg(fn, "seg_gt", seg_gt, pred_aff)
-    pos, neg = ops.malis_counts(pred_aff.detach(), seg, None, None, _flat(nh), True)
+    pos, neg = ops.malis_counts(pred_aff.detach(), seg, None, None, _flat(nh), True, True, 0, fn, "pred_aff",
+                                "seg_gt")
     # Pair counts exceed float16's range: compute in float32 (float64 for double predictions).
     a = pred_aff.to(torch.float64 if pred_aff.dtype == torch.float64 else torch.float32)
     pos_loss = (F.relu(1 - a - margin) ** 2 * pos.to(a.dtype)).sum() * pos_loss_weight

@@ -587,10 +587,12 @@ def test_opcheck():
     gt = (torch.rand(2, 3, 3, 4, 5, generator=g) > 0.5).float()
     mask = (torch.rand(2, 3, 3, 4, 5, generator=g) > 0.2).float()
     nh = [v for row in NN3 for v in row]
-    for args in [(pred, seg, None, None, nh, True), (pred, seg, gt, mask, nh, False)]:
+    names = ("malis_weights", "pred_affs", "gt_seg")
+    for args in [(pred, seg, None, None, nh, True, False, 2) + names, (pred, seg, gt, mask, nh, False, False, 1) + names,
+                 (pred, seg, gt, mask, nh, True, False, 2) + names, (pred, seg, None, mask, nh, True, True, 2) + names]:
         torch.library.opcheck(op.malis_weights.default, args)
         torch.library.opcheck(op.malis_counts.default, args)
-    torch.library.opcheck(op.connected_components.default, (pred, nh, 0.5, True))
+    torch.library.opcheck(op.connected_components.default, (pred, nh, 0.5, True, 2, "affgraph_to_seg"))
 
 
 def test_weights_are_constants():

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "malis.h"
@@ -16,8 +17,9 @@ namespace malis {
 namespace {
 
 // The dispatcher picks this backend when any argument is on CUDA; pred must be.
-void check_on_cuda(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK_VALUE(t.is_cuda(), op, ": ", name, " must be on the CUDA device of the other arguments, got ", t.device());
+void check_on_cuda(c10::string_view fn, c10::string_view name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.is_cuda(), std::string(fn), ": ", std::string(name),
+                    " must be on the CUDA device of the other arguments, got ", t.device());
 }
 
 std::optional<at::Tensor> edge_bits_to_host(const std::optional<at::Tensor>& t, bool is_mask) {
@@ -26,31 +28,29 @@ std::optional<at::Tensor> edge_bits_to_host(const std::optional<at::Tensor>& t, 
 }
 
 at::Tensor malis_weights_cuda(const at::Tensor& pred, const at::Tensor& seg, const std::optional<at::Tensor>& gt_affs,
-                              const std::optional<at::Tensor>& mask, at::IntArrayRef nhood, bool constrained) {
-  check_on_cuda("malis_weights", "pred_affs", pred);
+                              const std::optional<at::Tensor>& mask, at::IntArrayRef nhood, bool constrained,
+                              bool constrain_masked, int64_t num_threads, c10::string_view fn,
+                              c10::string_view pred_arg, c10::string_view seg_arg) {
+  check_on_cuda(fn, pred_arg, pred);
   const c10::cuda::CUDAGuard guard(pred.device());
-  const at::Tensor w = malis_weights_cpu(pred.cpu(), seg.cpu(), edge_bits_to_host(gt_affs, false),
-                                         edge_bits_to_host(mask, true), nhood, constrained);
+  const at::Tensor w =
+      malis_weights_cpu(pred.cpu(), seg.cpu(), edge_bits_to_host(gt_affs, false), edge_bits_to_host(mask, true), nhood,
+                        constrained, constrain_masked, num_threads, fn, pred_arg, seg_arg);
   return w.to(pred.device());
 }
 
 std::tuple<at::Tensor, at::Tensor> malis_counts_cuda(const at::Tensor& pred, const at::Tensor& seg,
                                                      const std::optional<at::Tensor>& gt_affs,
                                                      const std::optional<at::Tensor>& mask, at::IntArrayRef nhood,
-                                                     bool constrained) {
-  check_on_cuda("malis_counts", "pred_affs", pred);
+                                                     bool constrained, bool constrain_masked, int64_t num_threads,
+                                                     c10::string_view fn, c10::string_view pred_arg,
+                                                     c10::string_view seg_arg) {
+  check_on_cuda(fn, pred_arg, pred);
   const c10::cuda::CUDAGuard guard(pred.device());
-  auto counts = malis_counts_cpu(pred.cpu(), seg.cpu(), edge_bits_to_host(gt_affs, false),
-                                 edge_bits_to_host(mask, true), nhood, constrained);
+  auto counts =
+      malis_counts_cpu(pred.cpu(), seg.cpu(), edge_bits_to_host(gt_affs, false), edge_bits_to_host(mask, true), nhood,
+                       constrained, constrain_masked, num_threads, fn, pred_arg, seg_arg);
   return {std::get<0>(counts).to(pred.device()), std::get<1>(counts).to(pred.device())};
-}
-
-at::Tensor connected_components_cuda(const at::Tensor& affs, at::IntArrayRef nhood, double threshold,
-                                     bool singleton_background) {
-  const c10::cuda::CUDAGuard guard(affs.device());
-  // Threshold on the GPU; the components of the thresholded graph equal those of affs.
-  const at::Tensor edges = at::gt(affs, threshold).cpu();
-  return connected_components_cpu(edges, nhood, 0.5, singleton_background).to(affs.device());
 }
 
 }  // namespace
@@ -60,5 +60,4 @@ at::Tensor connected_components_cuda(const at::Tensor& affs, at::IntArrayRef nho
 TORCH_LIBRARY_IMPL(seglosses, CUDA, m) {
   m.impl("malis_weights", &seglosses::malis::malis_weights_cuda);
   m.impl("malis_counts", &seglosses::malis::malis_counts_cuda);
-  m.impl("connected_components", &seglosses::malis::connected_components_cuda);
 }
