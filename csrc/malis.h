@@ -31,9 +31,10 @@ std::tuple<at::Tensor, at::Tensor> malis_counts_cpu(const at::Tensor& pred, cons
 // Frees the scratch memory that MALIS keeps per thread between calls; returns the bytes freed.
 int64_t release_malis_workspace();
 
-// The kernel variants (csrc/cpu/malis/kernels.h): those this CPU runs, and the override for tests
-// ("auto" or a name; returns the previous setting).
+// The kernel variants (csrc/cpu/malis/kernels.h): those this CPU runs, the one a call uses now,
+// and the override for tests ("auto" or a name; returns the previous setting).
 std::vector<std::string> malis_isas();
+std::string malis_isa();
 std::string malis_set_isa(c10::string_view isa);
 
 }  // namespace malis

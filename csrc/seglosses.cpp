@@ -49,8 +49,10 @@ TORCH_LIBRARY(seglosses, m) {
   // Frees the per-thread MALIS scratch kept between calls (no tensors, so one device-independent
   // implementation); returns the bytes freed.
   m.def("release_malis_workspace() -> int", &seglosses::malis::release_malis_workspace);
-  // For tests: the MALIS kernel variants this CPU runs (baseline first), and the variant every
-  // later call uses ("auto": the best; returns the previous setting).
+  // For tests: the MALIS kernel variants this CPU runs (baseline first), the variant a call uses
+  // now, and setting the variant every later call uses ("auto": the best; returns the previous
+  // setting).
   m.def("_malis_isas() -> str[]", &seglosses::malis::malis_isas);
+  m.def("_malis_isa() -> str", &seglosses::malis::malis_isa);
   m.def("_malis_set_isa(str isa) -> str", &seglosses::malis::malis_set_isa);
 }

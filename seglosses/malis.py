@@ -232,6 +232,19 @@ def affgraph_to_seg(affs: torch.Tensor, nhood: NhoodLike, threshold: float = 0.5
 # ---------------------------------------------------------------------------------------------
 # Weights
 # ---------------------------------------------------------------------------------------------
+def _num_threads(fn: str, name: str, value) -> int:
+    """Validated thread count for the ops: an int >= 1, or None -> 0 (torch.get_num_threads()).
+
+    Raises ValueError for any bad value (PyTorch Connectomics' tests expect ValueError for
+    ``malis_num_workers`` of 0, -1, 1.5, True, "2" and [2]).
+    """
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{fn}: {name} must be an int >= 1 or None, got {value!r}")
+    return int(value)
+
+
 def _prepare_seg(fn: str, name: str, gt_seg: LabelsLike, pred: torch.Tensor) -> torch.Tensor:
     """gt_seg as [B, *spatial] matching pred [B, C, *spatial], on pred's device.
 
@@ -274,6 +287,8 @@ def malis_weights(
     mask: Optional[torch.Tensor] = None,
     constrained: bool = True,
     normalize: bool = True,
+    constrain_masked: bool = False,
+    num_threads: Optional[int] = None,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """MALIS edge weights from one Kruskal sweep per sample.
 
@@ -291,11 +306,20 @@ def malis_weights(
             tensor of any integer dtype (uint64 included, values below 2**63) or a numpy array.
         nhood: ``[C, ndim]`` offsets (negative, positive or long-range).
         gt_affs: ground-truth affinities like pred (``> 0.5`` is 1); default: from gt_seg.
-        mask: broadcastable to pred; 0 excludes an edge. Excluded edges stay in the sweep (the
-            topology never changes) but get weight 0 and are left out of the totals.
+        mask: broadcastable to pred; 0 excludes an edge. PyTorch Connectomics' rule: the ground
+            truth constrains only edges inside the mask. Excluded edges keep their predicted
+            place in both constrained passes (in the positive pass only GT-0 edges inside the
+            mask go last, in the negative pass only GT-1 edges inside the mask go first), get
+            weight 0 and are left out of the totals. With ``constrained=False`` there is no
+            constraint to lift: the mask only zeroes weights (and totals).
         constrained: constrained (default) or original MALIS.
         normalize: divide positive and negative counts by their own per-sample totals (a zero
             total stays zero) and return float32 weights; else exact int64 ``(pos, neg)`` counts.
+        constrain_masked: the earlier mask rule: excluded edges stay constrained (one sweep as
+            without a mask) and only their weights are zeroed.
+        num_threads: the most threads this call may use (samples run in parallel), an int >= 1;
+            ``None``: ``torch.get_num_threads()``. Capped by torch's intra-op thread pool. The
+            result does not depend on it.
 
     Returns:
         float32 weights shaped like pred, or ``(pos, neg)`` int64 counts; on pred's device; no
@@ -310,6 +334,7 @@ def malis_weights(
         >>> w = malis_weights(torch.sigmoid(logits), seg, mknhood3d(1))
     """
     fn = "malis_weights"
+    threads = _num_threads(fn, "num_threads", num_threads)
     _checks.check_float_tensor(fn, "pred_affs", pred_affs)
     nh = _as_nhood(fn, nhood)
     pred, batched = _split_batch(fn, "pred_affs", pred_affs, len(nh[0]))
@@ -327,7 +352,7 @@ def malis_weights(
     m = None
     if mask is not None:
         m = _prepare_mask(fn, mask if batched else mask.unsqueeze(0), pred)
-    args = (pred.detach(), seg, gt, m, _flat(nh), bool(constrained), True, 0, fn, "pred_affs",
+    args = (pred.detach(), seg, gt, m, _flat(nh), bool(constrained), bool(constrain_masked), threads, fn, "pred_affs",
             "gt_seg")
     if normalize:
         w = ops.malis_weights(*args)
@@ -426,6 +451,8 @@ def malis_loss(
     malis_crop_size: Optional[Union[int, Sequence[int]]] = None,
     constrained: bool = True,
     nonfinite: str = "raise",
+    constrain_masked: bool = False,
+    malis_num_workers: Optional[int] = None,
 ) -> torch.Tensor:
     """MALIS loss: per sample ``sum_e w_e (a_e - t_e)^2`` with ``a = sigmoid(pred)``.
 
@@ -433,6 +460,7 @@ def malis_loss(
     (``[[1,0],[0,1]]`` in 2D), the convention of PyTorch Connectomics configs.
     """
     fn = "MalisLoss"
+    threads = _num_threads(fn, "malis_num_workers", malis_num_workers)
     _checks.check_float_tensor(fn, "pred", pred)
     _checks.check_real_tensor(fn, "target", target)
     _checks.check_choice(fn, "reduction", reduction, MALIS_REDUCTIONS)
@@ -460,14 +488,15 @@ def malis_loss(
 
     gt_affs = t > 0.5
     if seg is None:
-        seg = ops.connected_components(gt_affs, _flat(nh), 0.5, True, 0, fn)
+        seg = ops.connected_components(gt_affs, _flat(nh), 0.5, True, threads, fn)
     swept = a.detach()
     if nonfinite == "propagate":
         # The sweep needs an order, so it sees non-finite predictions as 0; the loss map below
         # still reads them, so the loss and the gradient come out NaN / inf (a GradScaler then
         # skips the step).
         swept = torch.where(torch.isfinite(swept), swept, torch.zeros_like(swept))
-    w = ops.malis_weights(swept, seg, gt_affs, m, _flat(nh), bool(constrained), True, 0, fn, "pred", "gt_seg")
+    w = ops.malis_weights(swept, seg, gt_affs, m, _flat(nh), bool(constrained), bool(constrain_masked), threads, fn,
+                          "pred", "gt_seg")
     return _reduce(w * (a - t) ** 2, reduction)
 
 
@@ -499,6 +528,11 @@ class MalisLoss(nn.Module):
             loss, so that mixed-precision training with a ``torch.amp.GradScaler`` skips the step
             after an fp16 overflow and goes on. (With ``sigmoid=True`` an inf logit is a finite
             affinity; a NaN logit is not.)
+        constrain_masked: the earlier mask rule (see :func:`malis_weights`): masked-out edges
+            stay constrained and only their weights are zeroed. Default ``False``: PyTorch
+            Connectomics' rule, the ground truth constrains only edges inside the mask.
+        malis_num_workers: the most threads one call may use (PyTorch Connectomics' argument),
+            an int >= 1; ``None``: ``torch.get_num_threads()``. The loss does not depend on it.
 
     Shape:
         pred, target ``[B, C, *spatial]`` (2D or 3D, ``C = len(nhood)``); mask broadcastable to
@@ -534,6 +568,8 @@ class MalisLoss(nn.Module):
         malis_crop_size: Optional[Union[int, Sequence[int]]] = None,
         constrained: bool = True,
         nonfinite: str = "raise",
+        constrain_masked: bool = False,
+        malis_num_workers: Optional[int] = None,
     ) -> None:
         super().__init__()
         fn = "MalisLoss"
@@ -545,6 +581,9 @@ class MalisLoss(nn.Module):
         self.reduction = reduction
         self.constrained = bool(constrained)
         self.nonfinite = nonfinite
+        self.constrain_masked = bool(constrain_masked)
+        _num_threads(fn, "malis_num_workers", malis_num_workers)
+        self.malis_num_workers = malis_num_workers
 
     def forward(
         self,
@@ -564,13 +603,16 @@ class MalisLoss(nn.Module):
             malis_crop_size=self.malis_crop_size,
             constrained=self.constrained,
             nonfinite=self.nonfinite,
+            constrain_masked=self.constrain_masked,
+            malis_num_workers=self.malis_num_workers,
         )
 
     def extra_repr(self) -> str:
         nh = None if self.nhood is None else [list(r) for r in self.nhood]
         return (
             f"nhood={nh}, sigmoid={self.sigmoid}, reduction={self.reduction!r}, "
-            f"malis_crop_size={self.malis_crop_size}, constrained={self.constrained}, nonfinite={self.nonfinite!r}"
+            f"malis_crop_size={self.malis_crop_size}, constrained={self.constrained}, nonfinite={self.nonfinite!r}, "
+            f"constrain_masked={self.constrain_masked}, malis_num_workers={self.malis_num_workers}"
         )
 
 

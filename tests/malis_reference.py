@@ -16,8 +16,14 @@ Conventions (SPEC §3):
 - A pair (u, v) of labelled voxels (label > 0) is attributed to its maximin edge e.
   Constrained: e GT-1 and equal labels -> pos[e] += 1; e GT-0 and different labels -> neg[e] += 1.
   Unconstrained: equal labels -> pos, different -> neg.
-- ``mask == 0`` zeroes the counts of excluded edges afterwards; normalisation divides pos and neg by
-  their own (masked) totals per sample, a zero total stays zero.
+- ``mask == 0`` excludes an edge. PyTorch Connectomics' rule (the default): constrained MALIS is two
+  passes. Positive pass: GT-0 edges inside the mask last, every other edge by prediction; a pair is
+  counted on its maximin edge if that edge is GT-1 and the labels are equal. Negative pass: GT-1
+  edges inside the mask first, every other edge by prediction; counted if the maximin edge is GT-0
+  and the labels differ. (Without a mask both passes have the order above.) ``constrain_masked``:
+  the earlier rule, the unmasked order. Either way excluded edges' counts are zeroed afterwards;
+  unconstrained, the mask only zeroes counts. Normalisation divides pos and neg by their own
+  (masked) totals per sample, a zero total stays zero.
 """
 
 from __future__ import annotations
@@ -193,7 +199,34 @@ def _apply_mask(pos, neg, mask, shape):
     return pos, neg
 
 
-def malis_counts_ref(pred, seg, nhood, gt_affs=None, mask=None, constrained=True):
+def _passes(flat_pred, gt1, keep, constrained, constrain_masked):
+    """[(edge order, attribute(pos, neg, e, lu, lv))] of the sweeps that give a sample's counts."""
+    n = flat_pred.size
+
+    def standard(pos, neg, e, lu, lv):
+        _attribute(pos, neg, e, lu, lv, gt1, constrained)
+
+    if not constrained or keep is None or constrain_masked:
+        return [(_edge_order(flat_pred, gt1, constrained), standard)]
+
+    def positive(pos, neg, e, lu, lv):
+        if gt1[e] and lu == lv:
+            pos[e] += 1
+
+    def negative(pos, neg, e, lu, lv):
+        if not gt1[e] and lu != lv:
+            neg[e] += 1
+
+    last = sorted(range(n), key=lambda e: (1 if (not gt1[e] and keep[e]) else 0, -flat_pred[e], e))
+    first = sorted(range(n), key=lambda e: (0 if (gt1[e] and keep[e]) else 1, -flat_pred[e], e))
+    return [(last, positive), (first, negative)]
+
+
+def _keep(mask, shape):
+    return None if mask is None else (np.broadcast_to(to_numpy(mask), shape) != 0).reshape(-1)
+
+
+def malis_counts_ref(pred, seg, nhood, gt_affs=None, mask=None, constrained=True, constrain_masked=False):
     """Exact (pos, neg) pair counts for ONE sample, via maximum spanning forest + path walks.
 
     pred: [C, *spatial]; seg: [*spatial] (or [1, *spatial]); nhood: C x ndim; gt_affs, mask:
@@ -201,10 +234,19 @@ def malis_counts_ref(pred, seg, nhood, gt_affs=None, mask=None, constrained=True
     """
     pred, seg, nh, elist, gt1 = _prepare(pred, seg, nhood, gt_affs)
     flat_pred = pred.reshape(-1)
-    flat_seg = seg.reshape(-1)
+    pos = np.zeros(flat_pred.size, dtype=np.int64)
+    neg = np.zeros(flat_pred.size, dtype=np.int64)
+    for order, attribute in _passes(flat_pred, gt1, _keep(mask, pred.shape), constrained, constrain_masked):
+        _forest_counts(seg.reshape(-1), elist, order, attribute, pos, neg)
+    pos = pos.reshape(pred.shape)
+    neg = neg.reshape(pred.shape)
+    return _apply_mask(pos, neg, mask, pred.shape)
+
+
+def _forest_counts(flat_seg, elist, order, attribute, pos, neg):
+    """Adds to pos / neg the attribution of every labelled pair to its maximin edge in ``order``."""
     nvox = flat_seg.size
     by_index = {e: (p, q) for e, _c, p, q in elist}
-    order = _edge_order(flat_pred, gt1, constrained)
     rank = {e: r for r, e in enumerate(order)}
 
     # Kruskal with the simplest possible bookkeeping: one component id per voxel, relabel on merge.
@@ -219,8 +261,6 @@ def malis_counts_ref(pred, seg, nhood, gt_affs=None, mask=None, constrained=True
         tree[p].append((q, e))
         tree[q].append((p, e))
 
-    pos = np.zeros(flat_pred.size, dtype=np.int64)
-    neg = np.zeros(flat_pred.size, dtype=np.int64)
     labelled = [u for u in range(nvox) if flat_seg[u] > 0]
     for u in labelled:
         # Walk the tree from u, remembering the latest-ordered edge on the path so far.
@@ -236,14 +276,10 @@ def malis_counts_ref(pred, seg, nhood, gt_affs=None, mask=None, constrained=True
                 stack.append(y)
         for v, e in last.items():
             if v > u and flat_seg[v] > 0:
-                _attribute(pos, neg, e, flat_seg[u], flat_seg[v], gt1, constrained)
-
-    pos = pos.reshape(pred.shape)
-    neg = neg.reshape(pred.shape)
-    return _apply_mask(pos, neg, mask, pred.shape)
+                attribute(pos, neg, e, flat_seg[u], flat_seg[v])
 
 
-def malis_counts_prefix(pred, seg, nhood, gt_affs=None, mask=None, constrained=True):
+def malis_counts_prefix(pred, seg, nhood, gt_affs=None, mask=None, constrained=True, constrain_masked=False):
     """Second oracle, straight from the definition: add edges one by one in order, recompute the
     components by BFS after each, and attribute every pair that just became connected to that edge.
     O(E * V) BFS; only for cross-checking ``malis_counts_ref`` on tiny graphs."""
@@ -252,7 +288,6 @@ def malis_counts_prefix(pred, seg, nhood, gt_affs=None, mask=None, constrained=T
     flat_seg = seg.reshape(-1)
     nvox = flat_seg.size
     by_index = {e: (p, q) for e, _c, p, q in elist}
-    adj = [set() for _ in range(nvox)]
 
     def components():
         lab = [-1] * nvox
@@ -274,18 +309,20 @@ def malis_counts_prefix(pred, seg, nhood, gt_affs=None, mask=None, constrained=T
     pos = np.zeros(flat_pred.size, dtype=np.int64)
     neg = np.zeros(flat_pred.size, dtype=np.int64)
     labelled = [u for u in range(nvox) if flat_seg[u] > 0]
-    before = components()
-    for e in _edge_order(flat_pred, gt1, constrained):
-        p, q = by_index[e]
-        if q is None:
-            continue
-        adj[p].add(q)
-        adj[q].add(p)
-        after = components()
-        for u, v in itertools.combinations(labelled, 2):
-            if before[u] != before[v] and after[u] == after[v]:
-                _attribute(pos, neg, e, flat_seg[u], flat_seg[v], gt1, constrained)
-        before = after
+    for order, attribute in _passes(flat_pred, gt1, _keep(mask, pred.shape), constrained, constrain_masked):
+        adj = [set() for _ in range(nvox)]
+        before = components()
+        for e in order:
+            p, q = by_index[e]
+            if q is None:
+                continue
+            adj[p].add(q)
+            adj[q].add(p)
+            after = components()
+            for u, v in itertools.combinations(labelled, 2):
+                if before[u] != before[v] and after[u] == after[v]:
+                    attribute(pos, neg, e, flat_seg[u], flat_seg[v])
+            before = after
     pos = pos.reshape(pred.shape)
     neg = neg.reshape(pred.shape)
     return _apply_mask(pos, neg, mask, pred.shape)
@@ -312,7 +349,7 @@ def _sample(x, b, batch_ndim):
     return x
 
 
-def malis_counts_ref_batch(pred, seg, nhood, gt_affs=None, mask=None, constrained=True):
+def malis_counts_ref_batch(pred, seg, nhood, gt_affs=None, mask=None, constrained=True, constrain_masked=False):
     """Batched counts: pred [B, C, *spatial], seg [B, *spatial] or [B, 1, *spatial]."""
     pred = to_numpy(pred)
     seg = to_numpy(seg)
@@ -322,15 +359,15 @@ def malis_counts_ref_batch(pred, seg, nhood, gt_affs=None, mask=None, constraine
         if s.ndim == pred.ndim - 1:  # [1, *spatial]
             s = s[0]
         m = None if mask is None else np.broadcast_to(to_numpy(mask), pred.shape)[b]
-        pb, nb = malis_counts_ref(pred[b], s, nhood, _sample(gt_affs, b, pred.ndim), m, constrained)
+        pb, nb = malis_counts_ref(pred[b], s, nhood, _sample(gt_affs, b, pred.ndim), m, constrained, constrain_masked)
         pos.append(pb)
         neg.append(nb)
     return np.stack(pos), np.stack(neg)
 
 
-def malis_weights_ref_batch(pred, seg, nhood, gt_affs=None, mask=None, constrained=True):
+def malis_weights_ref_batch(pred, seg, nhood, gt_affs=None, mask=None, constrained=True, constrain_masked=False):
     """Normalised weights [B, C, *spatial] (float64)."""
-    pos, neg = malis_counts_ref_batch(pred, seg, nhood, gt_affs, mask, constrained)
+    pos, neg = malis_counts_ref_batch(pred, seg, nhood, gt_affs, mask, constrained, constrain_masked)
     return np.stack([normalize_ref(p, n) for p, n in zip(pos, neg)])
 
 
@@ -345,7 +382,7 @@ def loss_seg_ref(target, nhood):
 
 
 def malis_loss_ref(pred, target, nhood, mask=None, gt_seg=None, sigmoid=True, reduction="sum",
-                   constrained=True):
+                   constrained=True, constrain_masked=False):
     """MalisLoss without crop, entirely from the oracle; float64 numpy (scalar or map).
 
     ``a`` is computed in pred's own dtype (as the module does) and the weights from the oracle.
@@ -355,7 +392,8 @@ def malis_loss_ref(pred, target, nhood, mask=None, gt_seg=None, sigmoid=True, re
     a = to_numpy(a_t)
     t = (to_numpy(target) > 0.5).astype(np.float64)
     seg = loss_seg_ref(target, nhood) if gt_seg is None else to_numpy(gt_seg)
-    w = malis_weights_ref_batch(a, seg, nhood, gt_affs=t, mask=mask, constrained=constrained)
+    w = malis_weights_ref_batch(a, seg, nhood, gt_affs=t, mask=mask, constrained=constrained,
+                                constrain_masked=constrain_masked)
     per_elem = w * (a - t) ** 2
     if reduction == "none":
         return per_elem

@@ -4,7 +4,11 @@ Exact pair counts are compared with the brute-force oracle in ``malis_reference.
 graphs; bigger volumes are checked through invariants that follow from the definition.
 """
 
+import contextlib
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -53,11 +57,45 @@ SHAPES_3D = [(3, 3, 4), (2, 4, 4), (2, 3, 5), (1, 4, 6), (3, 2, 5)]
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
+# The kernel variants this CPU runs (csrc/cpu/malis/kernels.h): "baseline" and "avx2" (the portable
+# kernels compiled for the x86-64 baseline and for AVX2) and "avx512" (the hand-written kernels).
+ISAS = list(torch.ops.seglosses._malis_isas())
+
+
+@contextlib.contextmanager
+def kernel_isa(name):
+    """Every MALIS call inside uses the kernel variant `name`."""
+    before = torch.ops.seglosses._malis_set_isa(name)
+    try:
+        yield
+    finally:
+        torch.ops.seglosses._malis_set_isa(before)
+
+
+def on_every_isa(call):
+    """call() under every kernel variant; asserts that all give identical tensors; returns them."""
+    results = {}
+    for isa in ISAS:
+        with kernel_isa(isa):
+            results[isa] = call()
+    first = results[ISAS[0]]
+    for isa, r in results.items():
+        for a, b in zip(first if isinstance(first, tuple) else (first,), r if isinstance(r, tuple) else (r,)):
+            assert torch.equal(a, b), f"kernel variant {isa} differs from {ISAS[0]}"
+    return first
+
+
 def counts(pred, seg, nhood, **kw):
-    pos, neg = seglosses.malis_weights(pred, seg, nhood, normalize=False, **kw)
+    """Exact counts, identical on every kernel variant (checked)."""
+    pos, neg = on_every_isa(lambda: seglosses.malis_weights(pred, seg, nhood, normalize=False, **kw))
     assert pos.dtype == torch.int64 and neg.dtype == torch.int64
     assert pos.shape == pred.shape and neg.shape == pred.shape
     return pos.numpy(), neg.numpy()
+
+
+def weights(pred, seg, nhood, **kw):
+    """Normalised weights, identical on every kernel variant (checked)."""
+    return on_every_isa(lambda: seglosses.malis_weights(pred, seg, nhood, **kw))
 
 
 def random_seg(rng, shape, kind):
@@ -196,10 +234,15 @@ def test_counts_match_oracle(seed):
         rpos, rneg = malis_counts_ref_batch(pred, seg, nhood, constrained=constrained, **ref_kw(kw))
         np.testing.assert_array_equal(pos, rpos, err_msg=f"pos, constrained={constrained}")
         np.testing.assert_array_equal(neg, rneg, err_msg=f"neg, constrained={constrained}")
-        w = seglosses.malis_weights(pred, seg, nhood, constrained=constrained, **kw)
+        w = weights(pred, seg, nhood, constrained=constrained, **kw)
         assert w.dtype == torch.float32 and w.shape == pred.shape
         ref_w = malis_weights_ref_batch(pred, seg, nhood, constrained=constrained, **ref_kw(kw))
         np.testing.assert_allclose(w.numpy(), ref_w, rtol=1e-6, atol=1e-7)
+        if "mask" in kw and constrained:  # the earlier mask rule on the same case
+            pos, neg = counts(pred, seg, nhood, constrain_masked=True, **kw)
+            rpos, rneg = malis_counts_ref_batch(pred, seg, nhood, constrain_masked=True, **ref_kw(kw))
+            np.testing.assert_array_equal(pos, rpos, err_msg="pos, constrain_masked")
+            np.testing.assert_array_equal(neg, rneg, err_msg="neg, constrain_masked")
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -278,57 +321,51 @@ def test_long_rows_match_oracle(seed):
         np.testing.assert_array_equal(neg, rneg, err_msg=f"neg, constrained={constrained}, {dtype}")
 
 
-_PORTABLE_SCRIPT = """
-import sys
-import numpy as np
-import torch
-import seglosses
-
-rng = np.random.default_rng(7)
-out = {}
-for i, (shape, dtype) in enumerate([((20, 22, 35), torch.float32), ((18, 40), torch.float16),
-                                    ((9, 10, 41), torch.bfloat16), ((12, 13, 33), torch.float64)]):
+def _voronoi_case(rng, shape, dtype, batch=2):
     nd = len(shape)
     nhood = seglosses.mknhood3d(1) if nd == 3 else seglosses.mknhood2d(1)
     seeds = np.stack([rng.integers(0, s, size=12) for s in shape], 1)
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
     seg = ((grid[..., None, :] - seeds) ** 2).sum(-1).argmin(-1) + 1
     seg[rng.random(shape) < 0.05] = 0
-    pred = torch.from_numpy(rng.random((2, nhood.shape[0]) + shape)).to(dtype)
-    seg = torch.from_numpy(np.stack([seg, seg[::-1].copy()]))
-    for constrained in (True, False):
-        pos, neg = seglosses.malis_weights(pred, seg, nhood, constrained=constrained, normalize=False)
-        out[f"{i}{constrained}pos"], out[f"{i}{constrained}neg"] = pos.numpy(), neg.numpy()
-np.savez(sys.argv[1], **out)
-"""
+    pred = torch.from_numpy(rng.random((batch, nhood.shape[0]) + shape)).to(dtype)
+    seg = torch.from_numpy(np.stack([seg, seg[::-1].copy()][:batch]))
+    return pred, seg, nhood
 
 
-def test_portable_kernels_give_the_same_counts(tmp_path):
-    # SEGLOSSES_DISABLE_AVX512=1 selects the portable kernels (on a CPU without AVX-512 both runs
-    # take them). Both must give the oracle's counts and identical counts on bigger volumes.
-    import os
-    import subprocess
-    import sys
+def test_every_kernel_variant_gives_the_same_counts_on_bigger_volumes():
+    # The oracle tests run every variant on tiny graphs (counts() / weights()); here bigger volumes
+    # with long rows, every dtype, with and without a mask, both mask rules.
+    assert ISAS[0] == "baseline" and len(ISAS) == len(set(ISAS))
+    rng = np.random.default_rng(7)
+    for shape, dtype in [((20, 22, 35), torch.float32), ((18, 40), torch.float16), ((9, 10, 41), torch.bfloat16),
+                         ((12, 13, 33), torch.float64)]:
+        pred, seg, nhood = _voronoi_case(rng, shape, dtype)
+        mask = torch.from_numpy(rng.random(pred.shape) < 0.8)
+        for constrained in (True, False):
+            counts(pred, seg, nhood, constrained=constrained)
+            counts(pred, seg, nhood, constrained=constrained, mask=mask)
+            counts(pred, seg, nhood, constrained=constrained, mask=mask, constrain_masked=True)
 
+
+def test_disable_avx512_env_selects_a_portable_variant():
+    # SEGLOSSES_DISABLE_AVX512 (non-empty, not "0") keeps the default off the AVX-512 kernels.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    script = tmp_path / "counts.py"
-    script.write_text(_PORTABLE_SCRIPT)
-    results = {}
-    for off in ("0", "1"):
-        path = tmp_path / f"counts{off}.npz"
-        subprocess.run([sys.executable, str(script), str(path)], check=True, cwd=root,
-                       env=dict(env, SEGLOSSES_DISABLE_AVX512=off))
-        results[off] = np.load(path)
-    assert len(results["0"].files) == 16
-    for key in results["0"].files:
-        np.testing.assert_array_equal(results["0"][key], results["1"][key], err_msg=key)
-    oracle = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.abspath(__file__),
-         "-k", "match_oracle or dtypes_exact or nonfinite or large_finite"],
-        cwd=root, env=dict(env, SEGLOSSES_DISABLE_AVX512="1"), capture_output=True, text=True)
-    assert oracle.returncode == 0, oracle.stdout[-3000:] + oracle.stderr[-3000:]
-    assert " passed" in oracle.stdout
+    code = "import torch, seglosses; print(torch.ops.seglosses._malis_isa())"
+    for off, expect_avx512 in (("1", False), ("0", "avx512" in ISAS), ("", "avx512" in ISAS)):
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, env=dict(env, SEGLOSSES_DISABLE_AVX512=off),
+                             check=True, capture_output=True, text=True).stdout.strip()
+        assert out in ISAS and (out == "avx512") == expect_avx512, (off, out)
+    assert torch.ops.seglosses._malis_isa() == ISAS[-1] or os.environ.get("SEGLOSSES_DISABLE_AVX512")
+
+
+def test_isa_override_rejects_unknown_names():
+    with pytest.raises(ValueError, match="_malis_set_isa: isa must be"):
+        torch.ops.seglosses._malis_set_isa("sse9")
+    with kernel_isa("baseline"):
+        assert torch.ops.seglosses._malis_isa() == "baseline"
+    assert torch.ops.seglosses._malis_set_isa("auto") == "auto"
 
 
 def test_hand_worked_cases_through_api():
@@ -368,7 +405,7 @@ def test_pred_dtypes_exact(dtype):
             rpos, rneg = malis_counts_ref_batch(pred, seg, nhood, constrained=constrained, **ref_kw(kw))
             np.testing.assert_array_equal(pos, rpos)
             np.testing.assert_array_equal(neg, rneg)
-            w = seglosses.malis_weights(pred, seg, nhood, constrained=constrained, **kw)
+            w = weights(pred, seg, nhood, constrained=constrained, **kw)
             assert w.dtype == torch.float32 and w.shape == pred.shape
             ref_w = malis_weights_ref_batch(pred, seg, nhood, constrained=constrained, **ref_kw(kw))
             np.testing.assert_allclose(w.numpy(), ref_w, rtol=1e-6, atol=1e-7)
@@ -443,7 +480,7 @@ def test_non_contiguous_inputs_and_no_inplace():
     assert torch.equal(view, before[0]) and torch.equal(seg_t, before[1])
 
 
-def test_mask_broadcast_forms_and_counts_times_mask():
+def test_constrain_masked_mask_broadcast_forms_and_counts_times_mask():
     pred, seg, nhood, _ = random_case(30)
     rng = np.random.default_rng(1)
     pos0, neg0 = counts(pred, seg, nhood)
@@ -451,14 +488,186 @@ def test_mask_broadcast_forms_and_counts_times_mask():
     m_chan = torch.from_numpy((rng.random((pred.shape[0], 1) + tuple(pred.shape[2:])) < 0.6).astype(np.uint8))
     for m in (m_full, m_chan, m_full.float()):
         keep = np.broadcast_to(m.numpy() != 0, tuple(pred.shape))
-        pos, neg = counts(pred, seg, nhood, mask=m)
-        # the mask never changes the topology: counts are the unmasked counts, zeroed where excluded
+        pos, neg = counts(pred, seg, nhood, mask=m, constrain_masked=True)
+        # the earlier rule never changes the order: the unmasked counts, zeroed where excluded
         np.testing.assert_array_equal(pos, np.where(keep, pos0, 0))
         np.testing.assert_array_equal(neg, np.where(keep, neg0, 0))
-        w = seglosses.malis_weights(pred, seg, nhood, mask=m).numpy()
+        w = weights(pred, seg, nhood, mask=m, constrain_masked=True).numpy()
         ref = np.stack([normalize_ref(np.where(k, p, 0), np.where(k, n, 0)) for k, p, n in zip(keep, pos0, neg0)])
         np.testing.assert_allclose(w, ref, rtol=1e-6, atol=1e-7)
         assert (w[~keep] == 0).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# The mask rule (SPEC §3 mask; issue 12): PyTorch Connectomics' by default, the earlier one as an option
+# --------------------------------------------------------------------------------------------------
+# (1, 1, 5) volume, seg [1, 1, 2, 1, 1], nhood [[0, 0, 1]] (edge x joins voxels x and x + 1; the last
+# is invalid), pred [.5, .9, .8, .4, .3], mask [1, 0, 0, 1, 1]. PyTC's positive pass: nothing is
+# forced (the GT-0 edges 1 and 2 are outside the mask), order e1 .9, e2 .8, e0 .5, e3 .4: e2 joins
+# {1, 2} and {3} (1 same-label pair, excluded), e0 then joins 2 and e3 3 same-label pairs -> weights
+# 0.4 and 0.6; the negative pass counts only excluded edges. Loss .4 * .5^2 + .6 * .6^2 = 0.316.
+REPRO_SEG = torch.tensor([[[[1, 1, 2, 1, 1]]]])
+REPRO_PRED = torch.tensor([[[[[0.5, 0.9, 0.8, 0.4, 0.3]]]]])
+REPRO_MASK = torch.tensor([[[[[1.0, 0.0, 0.0, 1.0, 1.0]]]]])
+
+
+def test_mask_rule_reproducer_from_pytorch_connectomics():
+    nh = [[0, 0, 1]]
+    pos, neg = counts(REPRO_PRED, REPRO_SEG, nh, mask=REPRO_MASK)
+    assert pos.ravel().tolist() == [2, 0, 0, 3, 0] and neg.sum() == 0
+    w = weights(REPRO_PRED, REPRO_SEG, nh, mask=REPRO_MASK)
+    torch.testing.assert_close(w.ravel(), torch.tensor([0.4, 0.0, 0.0, 0.6, 0.0]))
+    target = seglosses.seg_to_affgraph(REPRO_SEG, nh)
+    loss = seglosses.MalisLoss(nh, sigmoid=False)(REPRO_PRED, target, mask=REPRO_MASK, gt_seg=REPRO_SEG)
+    torch.testing.assert_close(loss, torch.tensor(0.316))
+    # The earlier rule: GT-1 edges first whatever the mask: e0 and e3 join 1 + 1 pairs -> 0.5 / 0.5.
+    pos, neg = counts(REPRO_PRED, REPRO_SEG, nh, mask=REPRO_MASK, constrain_masked=True)
+    assert pos.ravel().tolist() == [1, 0, 0, 1, 0] and neg.sum() == 0
+    loss = seglosses.MalisLoss(nh, sigmoid=False, constrain_masked=True)(REPRO_PRED, target, mask=REPRO_MASK,
+                                                                         gt_seg=REPRO_SEG)
+    torch.testing.assert_close(loss, torch.tensor(0.5 * 0.25 + 0.5 * 0.36))
+
+
+def masked_case(seed):
+    """A random case that always has a mask: whole-slab exclusions or random edges, 2D or 3D."""
+    pred, seg, nhood, kw = random_case(1000 + seed)
+    rng = np.random.default_rng(seed)
+    if seed % 3 == 0:  # a block of voxels whose ground truth is not to be trusted, all channels
+        m = np.ones((pred.shape[0], 1) + tuple(pred.shape[2:]), dtype=np.float32)
+        m[:, :, : max(1, pred.shape[2] // 2)] = 0
+    else:
+        m = (rng.random(tuple(pred.shape)) < 0.6).astype(np.float32)
+    kw["mask"] = torch.from_numpy(m)
+    return pred, seg, nhood, kw
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_masked_counts_match_oracle_both_rules(seed):
+    pred, seg, nhood, kw = masked_case(seed)
+    for constrained in (True, False):
+        for constrain_masked in (False, True):
+            opts = dict(constrained=constrained, constrain_masked=constrain_masked)
+            pos, neg = counts(pred, seg, nhood, **opts, **kw)
+            rpos, rneg = malis_counts_ref_batch(pred, seg, nhood, **opts, **ref_kw(kw))
+            np.testing.assert_array_equal(pos, rpos, err_msg=f"pos, {opts}")
+            np.testing.assert_array_equal(neg, rneg, err_msg=f"neg, {opts}")
+            w = weights(pred, seg, nhood, **opts, **kw)
+            ref_w = malis_weights_ref_batch(pred, seg, nhood, **opts, **ref_kw(kw))
+            np.testing.assert_allclose(w.numpy(), ref_w, rtol=1e-6, atol=1e-7)
+            keep = np.broadcast_to(kw["mask"].numpy() != 0, tuple(pred.shape))
+            assert (w.numpy()[~keep] == 0).all()
+
+
+def test_masked_oracles_agree_with_prefix_connectivity():
+    for seed in range(10):
+        pred, seg, nhood, kw = masked_case(seed)
+        kw = ref_kw(kw)
+        sub = {k: v[0] for k, v in kw.items()}
+        for constrain_masked in (False, True):
+            a = malis_counts_ref(pred[0].numpy(), seg[0].numpy(), nhood, constrain_masked=constrain_masked, **sub)
+            c = malis_counts_prefix(pred[0].numpy(), seg[0].numpy(), nhood, constrain_masked=constrain_masked, **sub)
+            np.testing.assert_array_equal(a[0], c[0])
+            np.testing.assert_array_equal(a[1], c[1])
+
+
+def test_unconstrained_mask_only_zeroes_weights():
+    # Without a constraint the two rules are one: the unmasked counts, zeroed where excluded.
+    pred, seg, nhood, kw = masked_case(5)
+    keep = np.broadcast_to(kw["mask"].numpy() != 0, tuple(pred.shape))
+    pos0, neg0 = counts(pred, seg, nhood, constrained=False)
+    for constrain_masked in (False, True):
+        pos, neg = counts(pred, seg, nhood, constrained=False, constrain_masked=constrain_masked, **kw)
+        np.testing.assert_array_equal(pos, np.where(keep, pos0, 0))
+        np.testing.assert_array_equal(neg, np.where(keep, neg0, 0))
+
+
+def test_all_ones_mask_equals_no_mask_and_masked_pieces():
+    pred, seg, nhood, kw = random_case(40)
+    ones = torch.ones(pred.shape)
+    for constrain_masked in (False, True):
+        assert torch.equal(weights(pred, seg, nhood, mask=ones, constrain_masked=constrain_masked),
+                           weights(pred, seg, nhood))
+    # Every edge excluded: no weight at all.
+    assert (weights(pred, seg, nhood, mask=torch.zeros(pred.shape)) == 0).all()
+
+
+def test_masked_pair_totals_on_bigger_volumes():
+    # PyTC rule, a slab excluded: every count kept is on an edge inside the mask, positive counts on
+    # GT-1 edges and negative on GT-0 edges, and with the slab moved from the mask to the labels
+    # (no mask, but the slab's edges... ) the weights still sum to 2 per sample.
+    rng = np.random.default_rng(41)
+    shape = (14, 15, 16)
+    seg = torch.from_numpy(np.stack([instance_volume(rng, shape, 8) for _ in range(2)]))
+    pred = torch.from_numpy(rng.random((2, 3) + shape).astype(np.float32))
+    mask = torch.ones(2, 1, *shape)
+    mask[:, :, 4:9] = 0
+    gt = seglosses.seg_to_affgraph(seg, NN3) > 0.5
+    pos, neg = counts(pred, seg, NN3, mask=mask)
+    keep = np.broadcast_to(mask.numpy() != 0, tuple(pred.shape))
+    assert (pos[~keep] == 0).all() and (neg[~keep] == 0).all()
+    assert (pos[~gt.numpy()] == 0).all() and (neg[gt.numpy()] == 0).all()
+    w = weights(pred, seg, NN3, mask=mask)
+    torch.testing.assert_close(w.double().flatten(1).sum(1), torch.full((2,), 2.0, dtype=torch.float64),
+                               rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Threads (malis_weights num_threads, MalisLoss malis_num_workers)
+# --------------------------------------------------------------------------------------------------
+def test_results_identical_for_any_thread_count():
+    rng = np.random.default_rng(42)
+    shape = (10, 11, 12)
+    seg = torch.from_numpy(np.stack([instance_volume(rng, shape, 6) for _ in range(3)]))
+    pred = torch.from_numpy(rng.random((3, 3) + shape).astype(np.float32))
+    mask = torch.from_numpy(rng.random((3, 3) + shape) < 0.8)
+    for kw in ({}, {"mask": mask}):
+        ref_w = seglosses.malis_weights(pred, seg, NN3, num_threads=1, **kw)
+        ref_c = seglosses.malis_weights(pred, seg, NN3, num_threads=1, normalize=False, **kw)
+        for threads in (2, 3, 5, None):
+            assert torch.equal(seglosses.malis_weights(pred, seg, NN3, num_threads=threads, **kw), ref_w)
+            c = seglosses.malis_weights(pred, seg, NN3, num_threads=threads, normalize=False, **kw)
+            assert torch.equal(c[0], ref_c[0]) and torch.equal(c[1], ref_c[1])
+    target = seglosses.seg_to_affgraph(seg, NN3)
+    logits = torch.from_numpy(rng.normal(size=(3, 3) + shape).astype(np.float32))
+    for gt_seg in (None, seg):
+        ref = seglosses.MalisLoss(NN3, reduction="none")(logits, target, mask=mask, gt_seg=gt_seg)
+        for workers in (1, 2, 4):
+            got = seglosses.MalisLoss(NN3, reduction="none", malis_num_workers=workers)(logits, target, mask=mask,
+                                                                                        gt_seg=gt_seg)
+            assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", [2]])
+def test_thread_count_validation(bad):
+    # The values PyTorch Connectomics' test_num_workers_validation rejects, as ValueError.
+    with pytest.raises(ValueError, match=r"^MalisLoss: malis_num_workers must be an int >= 1 or None, got"):
+        seglosses.MalisLoss(malis_num_workers=bad)
+    with pytest.raises(ValueError, match=r"^malis_weights: num_threads must be an int >= 1 or None, got"):
+        seglosses.malis_weights(GOOD_PRED, GOOD_SEG, NN3, num_threads=bad)
+    assert seglosses.MalisLoss(malis_num_workers=np.int64(3)).malis_num_workers == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# Error messages name the public function the user called
+# --------------------------------------------------------------------------------------------------
+def test_errors_name_the_public_function():
+    pred = GOOD_PRED.clone()
+    pred[0, 1, 1, 1, 1] = float("nan")
+    target = seglosses.seg_to_affgraph(GOOD_SEG, [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    with pytest.raises(ValueError, match=r"^MalisLoss: pred must be finite, got -?nan in sample 0 at flat index"):
+        seglosses.MalisLoss()(pred, target, gt_seg=GOOD_SEG)
+    neg = GOOD_SEG.clone()
+    neg[0, 0, 0, 0] = -3
+    with pytest.raises(ValueError, match=r"^MalisLoss: gt_seg labels must be >= 0, got -3"):
+        seglosses.MalisLoss()(GOOD_PRED, target, gt_seg=neg)
+    with pytest.raises(ValueError, match=r"^malis_loss3d: seg_gt labels must be >= 0, got -3"):
+        seglosses.malis_loss3d(neg[:, None], GOOD_PRED)
+    with pytest.raises(ValueError, match=r"^malis_loss3d: pred_aff must be finite, got -?nan"):
+        seglosses.malis_loss3d(GOOD_SEG[:, None], pred)
+    with pytest.raises(ValueError, match=r"^malis_weights: pred_affs must be finite, got -?nan"):
+        seglosses.malis_weights(pred, GOOD_SEG, NN3)
+    with pytest.raises(ValueError, match=r"^malis_weights: gt_seg labels must be >= 0, got -3"):
+        seglosses.malis_weights(GOOD_PRED, neg, NN3)
 
 
 def test_zero_offset_row_gets_zero_weight():
@@ -668,70 +877,6 @@ def test_seg_to_affgraph_2d():
     assert out[1, 0].tolist() == [0, 1, 0, 0]
 
 
-def test_affgraph_to_seg_matches_scipy():
-    rng = np.random.default_rng(8)
-    fg = rng.random((2, 6, 7, 8)) < 0.55
-    seg = fg.astype(np.int64)  # one label: affinity 1 between face-adjacent foreground voxels
-    affs = seglosses.seg_to_affgraph(torch.from_numpy(seg), NN3)
-    out = seglosses.affgraph_to_seg(affs, NN3)
-    assert out.dtype == torch.int64 and out.shape == seg.shape
-    structure = ndimage.generate_binary_structure(3, 1)
-    for b in range(2):
-        lab, n = ndimage.label(fg[b], structure=structure)
-        # background voxels are single-voxel components of their own
-        lab = lab.astype(np.int64)
-        nbg = int((lab == 0).sum())
-        lab[lab == 0] = n + 1 + np.arange(nbg)
-        assert same_partition(out[b], lab)
-        check_raster_numbering(out[b].numpy())
-
-
-def check_raster_numbering(lab):
-    flat = lab.ravel()
-    assert flat.min() == 1  # every voxel labelled
-    _, first = np.unique(flat, return_index=True)
-    order = flat[np.sort(first)]
-    np.testing.assert_array_equal(order, np.arange(1, len(order) + 1))
-
-
-@pytest.mark.parametrize("nhood", [NN2, [[0, 1], [1, 0], [2, -1]], [[0, -2], [-1, 1]]])
-def test_affgraph_to_seg_general_nhood(nhood):
-    rng = np.random.default_rng(9)
-    affs = rng.random((3, len(nhood), 5, 6)).astype(np.float32)
-    for thr in (0.5, 0.3):
-        out = seglosses.affgraph_to_seg(torch.from_numpy(affs), nhood, threshold=thr)
-        for b in range(3):
-            ref = connected_components_ref(affs[b], nhood, thr)
-            np.testing.assert_array_equal(out[b].numpy(), ref)  # same ids: raster numbering
-    one = seglosses.affgraph_to_seg(torch.from_numpy(affs[0]), nhood)
-    np.testing.assert_array_equal(one.numpy(), connected_components_ref(affs[0], nhood))
-
-
-def test_affgraph_to_seg_threshold_is_strict():
-    affs = torch.full((2, 3, 3), 0.5)
-    out = seglosses.affgraph_to_seg(affs, NN2)
-    assert out.flatten().tolist() == list(range(1, 10))
-    out = seglosses.affgraph_to_seg(affs, NN2, threshold=0.4)
-    assert (out == 1).all()
-
-
-def test_roundtrip_seg_affgraph_seg():
-    rng = np.random.default_rng(10)
-    seg = instance_volume(rng, (8, 9, 10), 6)
-    affs = seglosses.seg_to_affgraph(torch.from_numpy(seg), NN3)
-    out = seglosses.affgraph_to_seg(affs, NN3).numpy()
-    structure = ndimage.generate_binary_structure(3, 1)
-    # every connected piece of every label is one component; background voxels are singletons
-    expect = np.zeros_like(seg)
-    nxt = 1
-    for lab in np.unique(seg[seg > 0]):
-        pieces, n = ndimage.label(seg == lab, structure=structure)
-        expect[pieces > 0] = pieces[pieces > 0] + nxt - 1
-        nxt += n
-    expect[seg == 0] = nxt + np.arange(int((seg == 0).sum()))
-    assert same_partition(out, expect)
-
-
 # --------------------------------------------------------------------------------------------------
 # Bad input (SPEC §6)
 # --------------------------------------------------------------------------------------------------
@@ -826,16 +971,13 @@ def test_cuda_matches_cpu(seed):
 
 
 @requires_cuda
-def test_cuda_utilities_match_cpu():
+def test_cuda_seg_to_affgraph_matches_cpu():
     seg = torch.randint(0, 4, (2, 5, 6, 7))
     nhood = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, 0, 2]]
     a_cpu = seglosses.seg_to_affgraph(seg, nhood)
     a_gpu = seglosses.seg_to_affgraph(seg.cuda(), nhood)
     assert a_gpu.device.type == "cuda"
     assert torch.equal(a_gpu.cpu(), a_cpu)
-    s_cpu = seglosses.affgraph_to_seg(a_cpu, nhood)
-    s_gpu = seglosses.affgraph_to_seg(a_gpu, nhood)
-    assert torch.equal(s_gpu.cpu(), s_cpu)
 
 
 def test_release_malis_workspace_frees_and_next_call_is_identical():

@@ -275,6 +275,8 @@ int64_t release_malis_workspace() { return release_all_workspaces(); }
 
 std::vector<std::string> malis_isas() { return available_isas(); }
 
+std::string malis_isa() { return isa_name(current_isa()); }
+
 std::string malis_set_isa(c10::string_view isa) { return set_kernel_isa(std::string(isa)); }
 
 }  // namespace malis

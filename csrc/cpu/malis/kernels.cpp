@@ -53,6 +53,8 @@ Isa current_isa() {
   return o == kAuto ? default_isa() : static_cast<Isa>(o);
 }
 
+const char* isa_name(Isa isa) { return kIsaNames[static_cast<int>(isa)]; }
+
 std::vector<std::string> available_isas() {
   std::vector<std::string> out;
   for (int i = 0; i < 3; ++i) {

@@ -59,6 +59,8 @@ Kernels<scalar_t> kernels_for(Isa isa) {
   }
 }
 
+const char* isa_name(Isa isa);
+
 // Names of the variants this build and CPU can run, baseline first.
 std::vector<std::string> available_isas();
 
