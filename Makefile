@@ -48,7 +48,7 @@ install-check: $(VENV)/.installed
 
 bench: build
 	$(VPY) bench/dice.py
-	$(VPY) bench/malis.py
+	$(VPY) bench/malis_weights.py
 
 clean:
 	rm -rf build dist *.egg-info seglosses/_C*.so .cuda-check

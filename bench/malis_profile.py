@@ -1,4 +1,4 @@
-"""Loop seglosses.malis_weights on one 128^3 sample of bench/malis.py's data, for a profiler.
+"""Loop seglosses.malis_weights on one 128^3 Voronoi sample of bench/malis_data.py, for a profiler.
 
 Usage (a CPU profile of where the time goes)::
 
@@ -19,13 +19,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
-import malis as bench_malis  # noqa: E402  (bench/malis.py: the same data)
+import malis_data  # noqa: E402  (the data of bench/malis_weights.py)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--calls", type=int, default=40)
+    parser.add_argument("--pred", choices=malis_data.PRED_KINDS, default="random")
+    parser.add_argument("--mask", action="store_true", help="with bench/malis_data.py's mask")
     args = parser.parse_args()
 
     common.add_repo_to_path()
@@ -34,16 +36,20 @@ def main() -> None:
     import seglosses
 
     torch.set_num_threads(1)
-    seg, affs = bench_malis.make_data(args.size, 200, 0, batch=1)
-    seg, affs = torch.from_numpy(seg), torch.from_numpy(affs)
-    nhood = torch.tensor(bench_malis.NHOOD)
-    seglosses.malis_weights(affs, seg, nhood)  # warm-up: workspace, code pages
-    times = []
+    case = next(malis_data.load_cases("voronoi", args.pred, sizes=[args.size], n_labels=200, seed=0, batch=1,
+                                      mask=args.mask, data_dir=""))
+    seg, affs = torch.from_numpy(case.seg), torch.from_numpy(case.affs)
+    mask = None if case.mask is None else torch.from_numpy(case.mask)
+    nhood = torch.tensor(malis_data.NHOOD)
+    seglosses.malis_weights(affs, seg, nhood, mask=mask)  # warm-up: workspace, code pages
+    times, cpu = [], []
     for _ in range(args.calls):
-        t0 = time.perf_counter()
-        seglosses.malis_weights(affs, seg, nhood)
+        t0, c0 = time.perf_counter(), time.process_time()
+        seglosses.malis_weights(affs, seg, nhood, mask=mask)
         times.append(time.perf_counter() - t0)
-    print(f"{args.size}^3, 1 thread: {statistics.median(times):.4f} s per call (median of {args.calls})")
+        cpu.append(time.process_time() - c0)
+    print(f"{args.size}^3, 1 thread: {statistics.median(times):.4f} s per call, CPU {statistics.median(cpu):.4f} s "
+          f"(medians of {args.calls})")
 
 
 if __name__ == "__main__":

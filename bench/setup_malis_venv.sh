@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create bench/.malis-venv with the PyPI package malis==1.0, the peer of bench/malis.py.
+# Create bench/.malis-venv with the PyPI package malis==1.0, the peer of bench/malis_weights.py.
 #
 # Usage:
 #     bash bench/setup_malis_venv.sh          # idempotent: a working venv is left as it is
@@ -16,7 +16,7 @@
 #   5. an import check. malis 1.0 does `from scipy.misc import comb`, which modern SciPy no longer
 #      has, so every importer must first run
 #          import scipy.misc, scipy.special; scipy.misc.comb = scipy.special.comb
-#      (bench/malis.py does; the check below does the same).
+#      (bench/malis_weights.py does; the check below does the same).
 # Exits non-zero with a message naming the step that failed.
 set -euo pipefail
 
@@ -27,7 +27,7 @@ LOG="$VENV/setup.log"   # inside the (git-ignored) venv
 
 die() {
     echo "setup_malis_venv.sh: ERROR: $*" >&2
-    echo "setup_malis_venv.sh: malis 1.0 is NOT installed; bench/malis.py will skip it." >&2
+    echo "setup_malis_venv.sh: malis 1.0 is NOT installed; bench/malis_weights.py will skip it." >&2
     exit 1
 }
 

@@ -3,7 +3,7 @@
 // the CUDA backend (csrc/cuda/connected_components_cuda.cu) thresholds on the device and calls it.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace seglosses {
 

@@ -3,7 +3,7 @@
 // these functions and returns the result on the caller's device.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <string>
