@@ -115,7 +115,8 @@ SEGLOSSES_ALWAYS_INLINE void or_bits(uint8_t* dst, const u8x16& bits, int64_t le
 // Blocks of flag updates per chunk: a chunk's drops are all computed before its flags are updated
 // edge by edge of the square (all blocks for (c1, v), then for (c2, v + d1), ...). Updating right
 // after each block makes a block's flag loads overlap, by a few bytes, the previous block's flag
-// stores when an offset is 1 (x neighbours), a load that the store buffer cannot forward.
+// stores when an offset is 1 (x neighbours), a load that the store buffer cannot forward
+// (measured, BENCHMARKS.md).
 constexpr int64_t kSquareChunkBlocks = 16;
 
 // Marks the last edge of the squares of one channel pair at voxels v0 .. v0 + n - 1 (a row).

@@ -1,6 +1,6 @@
 // Per-thread scratch memory, reused across calls: a training loop calls MALIS on same-sized
-// volumes every step, and fresh buffers would cost a page fault per 4 KiB touched (~20 % of the
-// time of a 128^3 sample). Every thread's workspace is registered so that
+// volumes every step, and fresh buffers would cost a page fault per 4 KiB touched (measured,
+// BENCHMARKS.md). Every thread's workspace is registered so that
 // release_malis_workspace() can free them all; calls hold the registry lock shared
 // (WorkspaceInUse), the release holds it exclusively.
 #pragma once
@@ -77,8 +77,8 @@ class WorkspaceInUse {
 int64_t release_all_workspaces();
 
 // A sample's labels as int32: int32 labels as they are; int64 labels (whose values the op's input
-// checks found to fit) narrowed into the thread's workspace (~2 ms per 128^3 sample against ~6 ms
-// for a fresh int32 tensor; reading 8-byte labels in every pass instead was slower still).
+// checks found to fit) narrowed into the thread's workspace (cheaper than a fresh int32 tensor, and
+// than reading 8-byte labels in every pass; BENCHMARKS.md).
 const int32_t* int32_labels(const int32_t* seg, int64_t V, const char* fn);
 const int32_t* int32_labels(const int64_t* seg, int64_t V, const char* fn);
 
