@@ -5,7 +5,15 @@ Usage (a CPU profile of where the time goes)::
     perf record -e cpu-clock -F 5000 -o /tmp/perf.data .venv/bin/python bench/malis_profile.py --calls 40
     perf report -i /tmp/perf.data --no-children --sort symbol
 
-Prints the median seconds per call (one thread) at the end.
+Prints the median seconds per call and CPU seconds per call (one thread) at the end.
+
+A/B against another build (e.g. main's, built in a second checkout): run both side by side,
+alternating, and compare the CPU times::
+
+    for i in 1 2 3; do
+        .venv/bin/python bench/malis_profile.py --calls 15
+        .venv/bin/python bench/malis_profile.py --calls 15 --seglosses-path ../other-checkout
+    done
 """
 
 from __future__ import annotations
@@ -28,9 +36,13 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--pred", choices=malis_data.PRED_KINDS, default="random")
     parser.add_argument("--mask", action="store_true", help="with bench/malis_data.py's mask")
+    parser.add_argument("--seglosses-path", help="a directory holding another build's seglosses package")
     args = parser.parse_args()
 
-    common.add_repo_to_path()
+    if args.seglosses_path:
+        sys.path.insert(0, os.path.abspath(args.seglosses_path))
+    else:
+        common.add_repo_to_path()
     import torch
 
     import seglosses
