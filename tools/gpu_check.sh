@@ -139,7 +139,7 @@ bench_part() {
   fi
 }
 bench_part "Dice bench (cuda)" bench/dice.py dice-bench.log
-bench_part "MALIS bench (cuda)" bench/malis.py malis-bench.log --no-peer  # malis 1.0 needs its venv (internet)
+bench_part "MALIS bench (cuda)" bench/malis_weights.py malis-bench.log --no-peer  # malis 1.0 needs its venv (internet)
 
 # --- the table -----------------------------------------------------------------------------
 [ $DRY = 1 ] && { echo "gpu_check: dry run: nothing was run"; exit 0; }
