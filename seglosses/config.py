@@ -24,6 +24,8 @@ __all__ = ["ChannelSlice", "LossConfig", "TermConfig", "load_yaml", "parse_confi
 # The fields of a term. PyTorch Connectomics spells deep_supervision "apply_deep_supervision".
 TERM_FIELDS = ("function", "weight", "name", "pred_slice", "target_slice", "target", "kwargs", "deep_supervision")
 TERM_ALIASES = {"apply_deep_supervision": "deep_supervision"}
+# PyTorch Connectomics' short names of the channel slices (see _pytc_selectors).
+PYTC_TERM_FIELDS = ("pred",)
 
 # The keys of the mapping that holds "losses". Besides seglosses' own, the fields of PyTorch
 # Connectomics' loss section, so that its model.loss loads as it is: deep_supervision (there it
@@ -144,7 +146,7 @@ class TermConfig:
     weight: float = 1.0
     pred_slice: Optional[ChannelSlice] = None
     target_slice: Optional[ChannelSlice] = None
-    target: Optional[Union[str, int]] = None
+    target: Optional[str] = None
     deep_supervision: bool = True
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
 
@@ -264,6 +266,35 @@ def _parse_container_keys(container: Mapping[str, Any]) -> Dict[str, Any]:
     }
 
 
+def _is_channel_selector(value: Any) -> bool:
+    """Whether a term's ``target`` / ``pred`` value is PyTorch Connectomics' channel selector (an
+    int, or a string such as ``"0:3"`` or ``"2"``) rather than a key into a dict of targets."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return True
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    return ":" in text or text.lstrip("-").isdigit()
+
+
+def _pytc_selectors(where: str, fields: Dict[str, Any]) -> Dict[str, Any]:
+    """PyTorch Connectomics spells ``pred_slice`` / ``target_slice`` as ``pred`` / ``target``
+    (its channel selectors). A ``target`` that is a channel selector is therefore read as
+    ``target_slice`` (taken as a dict key it would be silently ignored for a plain tensor target,
+    or fail for a dict); a plain string stays seglosses' key into a dict of targets."""
+    fields = dict(fields)
+    for short, full in (("pred", "pred_slice"), ("target", "target_slice")):
+        if short not in fields or (short == "target" and not _is_channel_selector(fields[short])):
+            continue
+        if fields.get(full) is not None:
+            raise ValueError(
+                f"CombinedLoss: {where}, field {short!r}: {fields[short]!r} is a channel selector (PyTorch "
+                f"Connectomics' spelling of {full!r}), but {full!r} is given too ({fields[full]!r}); keep one"
+            )
+        fields[full] = fields.pop(short)
+    return fields
+
+
 def _parse_term(i: int, raw: Mapping[str, Any], name: str) -> TermConfig:
     where = f"term {i} ({name!r})"
     fields = {TERM_ALIASES.get(k, k): v for k, v in raw.items()}
@@ -271,6 +302,7 @@ def _parse_term(i: int, raw: Mapping[str, Any], name: str) -> TermConfig:
         raise ValueError(
             f"CombinedLoss: {where}, field 'deep_supervision': given twice (also as 'apply_deep_supervision')"
         )
+    fields = _pytc_selectors(where, fields)
     function = fields["function"]
     weight = fields.get("weight", 1.0)
     if not _is_number(weight):
@@ -278,7 +310,7 @@ def _parse_term(i: int, raw: Mapping[str, Any], name: str) -> TermConfig:
     if not math.isfinite(weight) or weight < 0:
         raise ValueError(f"CombinedLoss: {where}, field 'weight': must be a finite number >= 0, got {weight!r}")
     target = fields.get("target")
-    if target is not None and not isinstance(target, (str, int)):
+    if target is not None and not isinstance(target, str):
         raise ValueError(f"CombinedLoss: {where}, field 'target': must be a key (string), got {target!r}")
     ds = fields.get("deep_supervision", True)
     if not isinstance(ds, bool):
@@ -309,7 +341,7 @@ def _check_term_shape(i: int, raw: Any) -> str:
         fn if isinstance(fn, str) else getattr(fn, "__name__", None))
     where = f"term {i} ({label!r}), " if label is not None else f"term {i}, "
     for key in raw:
-        if key not in TERM_FIELDS and key not in TERM_ALIASES:
+        if key not in TERM_FIELDS and key not in TERM_ALIASES and key not in PYTC_TERM_FIELDS:
             raise _unknown_key(where, key, raw[key], TERM_FIELDS, "term field")
     if fn is None:
         raise ValueError(f"CombinedLoss: {where}field 'function': missing; name a loss, e.g. 'DiceLoss'")

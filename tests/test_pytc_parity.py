@@ -226,6 +226,27 @@ def test_pytc_loss_section_keys(tmp_path):
         CombinedLoss(dict(section, loss_balancing={"strategy": "gradnorm"}))
 
 
+def test_pytc_pred_and_target_are_channel_selectors():
+    # PyTC's term fields `pred` / `target` are channel selectors (aliases of pred_slice /
+    # target_slice); a plain-tensor target must then be sliced, not silently used whole.
+    torch.manual_seed(3)
+    pred = torch.randn(2, 5, 4, 4, 4)
+    target = (torch.rand(2, 5, 4, 4, 4) > 0.5).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    for selector in ("1:4", 2, "2"):
+        got = CombinedLoss({"losses": [{"function": "BCEWithLogitsLoss", "pred": selector, "target": selector}]})(
+            pred, target)
+        s = slice(1, 4) if selector == "1:4" else slice(2, 3)
+        torch.testing.assert_close(got, bce(pred[:, s], target[:, s]))
+    # a plain string is still seglosses' key into a dict of targets
+    got = CombinedLoss({"losses": [{"function": "BCEWithLogitsLoss", "pred": "0:2", "target": "aff"}]})(
+        pred, {"aff": target[:, 3:5]})
+    torch.testing.assert_close(got, bce(pred[:, 0:2], target[:, 3:5]))
+    with pytest.raises(ValueError, match=r"^CombinedLoss: term 0 \('BCEWithLogitsLoss'\), field 'target': '0:3' "
+                                         r"is a channel selector .* but 'target_slice' is given too"):
+        CombinedLoss({"losses": [{"function": "BCEWithLogitsLoss", "target": "0:3", "target_slice": "0:3"}]})
+
+
 # --------------------------------------------------------------------------------------------
 # errors PyTC's tests expect as ValueError
 # --------------------------------------------------------------------------------------------
