@@ -18,15 +18,30 @@ PyMODINIT_FUNC PyInit__C(void) {
 }
 
 TORCH_LIBRARY(seglosses, m) {
-  // Dice: per (sample, class) sums I = sum s_c [y=c], P = sum s_c^p, T = sum [y=c] over
-  // voxels whose label is not ignore_label. x: logits [B, C, *], y: labels [B, *].
-  // Returns [B, 3, K] (float32; float64 for double x); K = C, or 2 when C == 1.
-  m.def("dice_sums(Tensor x, Tensor y, int ignore_label, int p) -> Tensor");
-  // Vector-Jacobian product of dice_sums. coef_a = dLoss/dI and coef_b = p dLoss/dP ([B, K]
-  // tables A and Bt); with g_c = coef_a[b,c] [y=c] + coef_b[b,c] s_c^(p-1),
-  // grad_x = s_k (g_k - sum_c g_c s_c) (softmax) or s(1-s)(g_1 - g_0) (C == 1); 0 at ignored
-  // voxels. Same shape and dtype as x.
-  m.def("dice_backward(Tensor x, Tensor y, Tensor coef_a, Tensor coef_b, int ignore_label, int p) -> Tensor");
+  // Dice family on label maps. x: logits [B, C, *] (softmax over C >= 2 channels; C == 1: the
+  // binary sigmoid, s_1 = sigmoid(x), s_0 = 1 - s_1, K = 2), y: integer labels [B, *] or
+  // [B, 1, *], mask: optional, [B, *] or [B, 1, *] (or broadcastable; 0 = the voxel counts
+  // nowhere). Over the voxels that count (not ignore_label, not masked, label in [0, K)), per
+  // (sample, class): I = sum s_c [y=c], P = sum s_c^p, T = sum [y=c], and with_ce
+  // L = sum_{y=c} -log s_c (else 0). Returns [B, 4, K] (rows I, P, T, L), float64 for every x
+  // dtype (accumulated in float, double for double x; chunk partials combined in double). validate: a label outside [0, K) that is not ignore_label raises an error naming
+  // it and the public function `api` (on CUDA this waits for the kernel); otherwise such a
+  // voxel counts nowhere, on every backend.
+  m.def(
+      "dice_sums(Tensor x, Tensor y, Tensor? mask, int ignore_label, int p, bool with_ce, bool validate, "
+      "str api) -> Tensor");
+  // Vector-Jacobian product of dice_sums: grad_sums = dLoss/d(sums) [B, 4, K]. 0 where a voxel
+  // does not count. Same shape and dtype as x. Never validates labels (dice_sums did).
+  m.def("dice_backward(Tensor x, Tensor y, Tensor? mask, Tensor grad_sums, int ignore_label, int p) -> Tensor");
+  // Multi-label sigmoid Dice family: x logits [B, C, *], t targets of x's shape (bool, uint8 or
+  // floating point in [0, 1]), mask optional [B, C, *] or [B, 1, *] (or broadcastable). Per
+  // (sample, channel), over the elements that count, with s = sigmoid(x): I = sum s t,
+  // P = sum s^p, T = sum t^p, Lpos = sum t softplus(-x), Lneg = sum (1 - t) softplus(x) (with_ce,
+  // else 0), N = their number. Returns [B, 6, C]. validate: a target outside [0, 1] raises,
+  // otherwise that element counts nowhere.
+  m.def(
+      "dice_sigmoid_sums(Tensor x, Tensor t, Tensor? mask, int p, bool with_ce, bool validate, str api) -> Tensor");
+  m.def("dice_sigmoid_backward(Tensor x, Tensor t, Tensor? mask, Tensor grad_sums, int p) -> Tensor");
 
   // MALIS. pred: [B, C, *spatial] affinities, seg: [B, *spatial] labels >= 0, nhood: C rows of
   // len(spatial) offsets, flattened. gt_affs / mask: optional, same shape as pred (mask != 0: the

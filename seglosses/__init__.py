@@ -8,7 +8,7 @@ from . import functional
 from .bce import PerChannelBCEWithLogitsLoss, WeightedBCEWithLogitsLoss
 from .combined import CombinedLoss
 from .deep_supervision import DeepSupervisionLoss
-from .dice import DiceLoss
+from .dice import DiceCELoss, DiceLoss, GeneralizedDiceLoss, TverskyLoss
 from .malis import (
     MalisLoss,
     affgraph_to_seg,
@@ -27,7 +27,9 @@ __version__ = "0.1.0"
 __all__ = [
     "CombinedLoss",
     "DeepSupervisionLoss",
+    "DiceCELoss",
     "DiceLoss",
+    "GeneralizedDiceLoss",
     "MalisLoss",
     "PerChannelBCEWithLogitsLoss",
     "WeightedBCEWithLogitsLoss",
@@ -42,4 +44,5 @@ __all__ = [
     "register_loss",
     "release_malis_workspace",
     "seg_to_affgraph",
+    "TverskyLoss",
 ]

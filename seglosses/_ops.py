@@ -26,16 +26,32 @@ def _num_classes(x: torch.Tensor) -> int:
     return 2 if x.shape[1] == 1 else x.shape[1]
 
 
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+# ---------------------------------------------------------------------------------------------
+# Dice family (schemas and semantics: csrc/seglosses.cpp)
+# ---------------------------------------------------------------------------------------------
+DICE_LABEL_ROWS = 4  # I, P, T, L
+DICE_SIGMOID_ROWS = 6  # I, P, T, Lpos, Lneg, N
 
 
-# ---------------------------------------------------------------------------------------------
-# Dice
-# ---------------------------------------------------------------------------------------------
+def _check_logits_fake(op, x, p):
+    torch._check(3 <= x.dim() <= 5, lambda: f"{op}: x must be [B, C, *spatial] with 1 to 3 spatial dims")
+    torch._check(x.is_floating_point(), lambda: f"{op}: x must be floating point, got {x.dtype}")
+    torch._check(x.shape[1] >= 1, lambda: f"{op}: x must have at least one channel")
+    torch._check(1 <= p <= 1024, lambda: f"{op}: p must be an integer in [1, 1024], got {p}")
+
+
 @torch.library.register_fake("seglosses::dice_sums")
-def _dice_sums_fake(x, y, ignore_label, p):
-    return x.new_empty((x.shape[0], 3, _num_classes(x)), dtype=_acc_dtype(x))
+def _dice_sums_fake(x, y, mask, ignore_label, p, with_ce, validate, api):
+    _check_logits_fake("dice_sums", x, p)
+    torch._check(y.shape[0] == x.shape[0], lambda: "dice_sums: y must have x's batch size")
+    return x.new_empty((x.shape[0], DICE_LABEL_ROWS, _num_classes(x)), dtype=torch.float64)
+
+
+@torch.library.register_fake("seglosses::dice_sigmoid_sums")
+def _dice_sigmoid_sums_fake(x, t, mask, p, with_ce, validate, api):
+    _check_logits_fake("dice_sigmoid_sums", x, p)
+    torch._check(t.shape == x.shape, lambda: "dice_sigmoid_sums: t must have x's shape")
+    return x.new_empty((x.shape[0], DICE_SIGMOID_ROWS, x.shape[1]), dtype=torch.float64)
 
 
 def _spatial_collapses(t: torch.Tensor) -> bool:
@@ -50,30 +66,38 @@ def _spatial_collapses(t: torch.Tensor) -> bool:
     return True
 
 
-@torch.library.register_fake("seglosses::dice_backward")
-def _dice_backward_fake(x, y, coef_a, coef_b, ignore_label, p):
-    # The kernel writes the gradient in x's memory format when that layout's spatial dims collapse
+def _grad_like(x: torch.Tensor) -> torch.Tensor:
+    # The kernels write the gradient in x's memory format when that layout's spatial dims collapse
     # into one stride, contiguous otherwise (csrc/dice.h: empty_grad).
     g = torch.empty_like(x)
     return g if _spatial_collapses(g) else torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+@torch.library.register_fake("seglosses::dice_backward")
+def _dice_backward_fake(x, y, mask, grad_sums, ignore_label, p):
+    _check_logits_fake("dice_backward", x, p)
+    return _grad_like(x)
+
+
+@torch.library.register_fake("seglosses::dice_sigmoid_backward")
+def _dice_sigmoid_backward_fake(x, t, mask, grad_sums, p):
+    _check_logits_fake("dice_sigmoid_backward", x, p)
+    return _grad_like(x)
+
+
 def _dice_sums_setup_context(ctx, inputs, output):
-    x, y, ignore_label, p = inputs
-    ctx.save_for_backward(x, y)
+    x, y, mask, ignore_label, p, with_ce, validate, api = inputs
+    ctx.save_for_backward(x, y, mask)
     ctx.ignore_label = ignore_label
     ctx.p = p
 
 
 def _dice_sums_backward(ctx, grad_sums):
-    # grad_sums[:, 0] = dLoss/dI (the table A), grad_sums[:, 1] = dLoss/dP; T does not depend on x.
-    x, y = ctx.saved_tensors
+    x, y, mask = ctx.saved_tensors
     grad_x = None
     if ctx.needs_input_grad[0]:
-        coef_a = grad_sums[:, 0]
-        coef_b = grad_sums[:, 1] * ctx.p
-        grad_x = ops.dice_backward(x, y, coef_a, coef_b, ctx.ignore_label, ctx.p)
-    return grad_x, None, None, None
+        grad_x = ops.dice_backward(x, y, mask, grad_sums, ctx.ignore_label, ctx.p)
+    return grad_x, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd(
@@ -81,21 +105,39 @@ torch.library.register_autograd(
 )
 
 
-def _dice_backward_setup_context(ctx, inputs, output):
+def _dice_sigmoid_sums_setup_context(ctx, inputs, output):
+    x, t, mask, p, with_ce, validate, api = inputs
+    ctx.save_for_backward(x, t, mask)
+    ctx.p = p
+
+
+def _dice_sigmoid_sums_backward(ctx, grad_sums):
+    x, t, mask = ctx.saved_tensors
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_x = ops.dice_sigmoid_backward(x, t, mask, grad_sums, ctx.p)
+    return grad_x, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "seglosses::dice_sigmoid_sums", _dice_sigmoid_sums_backward, setup_context=_dice_sigmoid_sums_setup_context
+)
+
+
+def _no_setup_context(ctx, inputs, output):
     pass
 
 
-def _dice_backward_backward(ctx, grad):
+def _dice_double_backward(ctx, grad):
     raise RuntimeError(
-        "dice_loss: second derivatives are not supported (dice_backward has no derivative); "
+        "dice_loss: second derivatives are not supported (the Dice backward ops have no derivative); "
         "use create_graph=False, or a plain-autograd Dice for double backward"
     )
 
 
-# A second derivative through the Dice loss would otherwise be silently missing.
-torch.library.register_autograd(
-    "seglosses::dice_backward", _dice_backward_backward, setup_context=_dice_backward_setup_context
-)
+# A second derivative through a Dice-family loss would otherwise be silently missing.
+for _name in ("seglosses::dice_backward", "seglosses::dice_sigmoid_backward"):
+    torch.library.register_autograd(_name, _dice_double_backward, setup_context=_no_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ __all__ = ["SEGLOSSES_LOSSES", "available_losses", "build_loss", "register_loss"
 # config names them, so this module (and user, torch and MONAI terms) imports even while one of
 # them is missing or being rebuilt.
 SEGLOSSES_LOSSES = (
-    "DiceLoss",
+    "DiceCELoss", "DiceLoss", "GeneralizedDiceLoss", "TverskyLoss",
     "MalisLoss",
     "PerChannelBCEWithLogitsLoss",
     "WeightedBCEWithLogitsLoss",

@@ -59,6 +59,16 @@ def call(api, x, y, **kw):
     return SF.dice_loss(x, y, **kw)
 
 
+def sums_op(x, y, ign, p):
+    """The op's I, P, T rows ([B, 3, K])."""
+    return torch.ops.seglosses.dice_sums(x, y, None, ign, p, False, True, "dice_loss")[:, :3]
+
+
+def coef_table(a, b, p):
+    """The gradient table of dice_backward for d/dx sum(a I + b P / p)."""
+    return torch.stack([a, b / p, torch.zeros_like(a), torch.zeros_like(a)], 1)
+
+
 def upstream_like(loss):
     """A non-trivial incoming gradient: checks that backward multiplies by it."""
     if loss.dim() == 0:
@@ -574,7 +584,7 @@ def test_independent_of_thread_count():
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            sums = torch.ops.seglosses.dice_sums(x, y, 255, 2)
+            sums = sums_op(x, y, 255, 2)
             loss, g = value_and_grad(lambda a, b: SF.dice_loss(a, b, ignore_label=255, p=2), x, y)
             results.append((sums, loss, g))
     finally:
@@ -599,8 +609,8 @@ def test_dice_sums_values(dtype, C, p, ign):
     torch.manual_seed(17)
     x = torch.randn(2, C, 4, 5).to(dtype)
     y = make_labels(2, num_classes(C), (4, 5), torch.int32, ignore_label=None if ign == -1 else ign)
-    out = torch.ops.seglosses.dice_sums(x, y, ign, p)
-    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    out = sums_op(x, y, ign, p)
+    assert out.dtype == torch.float64  # the sums tables are float64 for every x dtype
     assert out.shape == (2, 3, num_classes(C))
     I, P, T = dice_sums_ref(x, y, ign, p)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
@@ -618,7 +628,7 @@ def test_dice_backward_values(dtype, C, p, ign):
     y = make_labels(2, K, (4, 5), torch.int64, ignore_label=None if ign == -1 else ign)
     a = torch.randn(2, K, dtype=dtype)
     b = torch.randn(2, K, dtype=dtype)
-    out = torch.ops.seglosses.dice_backward(x, y, a, b, ign, p)
+    out = torch.ops.seglosses.dice_backward(x, y, None, coef_table(a, b, p), ign, p)
     xr = x.detach().clone().requires_grad_()
     I, P, _ = dice_sums_ref(xr, y, ign, p)
     (a.double() * I + b.double() * P / p).sum().backward()
@@ -647,7 +657,7 @@ OPCHECK_CASES = [
 def test_opcheck_dice_sums(dtype, C, ydtype, ign, p, spatial, requires_grad):
     torch.manual_seed(19)
     x, y, _ = _opcheck_args(dtype, C, ydtype, ign, p, spatial, requires_grad)
-    torch.library.opcheck(torch.ops.seglosses.dice_sums.default, (x, y, ign, p))
+    torch.library.opcheck(torch.ops.seglosses.dice_sums.default, (x, y, None, ign, p, True, True, "dice_loss"))
 
 
 @pytest.mark.parametrize("dtype,C,ydtype,ign,p,spatial", OPCHECK_CASES)
@@ -656,7 +666,7 @@ def test_opcheck_dice_backward(dtype, C, ydtype, ign, p, spatial):
     x, y, K = _opcheck_args(dtype, C, ydtype, ign, p, spatial, False)
     cdt = torch.float64 if dtype == torch.float64 else torch.float32
     a, b = torch.randn(2, K, dtype=cdt), torch.randn(2, K, dtype=cdt)
-    torch.library.opcheck(torch.ops.seglosses.dice_backward.default, (x, y, a, b, ign, p))
+    torch.library.opcheck(torch.ops.seglosses.dice_backward.default, (x, y, None, coef_table(a, b, p), ign, p))
 
 
 # ----------------------------------------------------------------------------- torch.compile
@@ -879,7 +889,7 @@ def test_cuda_deterministic():
     y = make_labels(2, 4, (40, 40, 40), torch.int64, ignore_label=255).cuda()
     runs = []
     for _ in range(3):
-        sums = torch.ops.seglosses.dice_sums(x, y, 255, 2)
+        sums = sums_op(x, y, 255, 2)
         loss, g = value_and_grad(lambda a, b: SF.dice_loss(a, b, ignore_label=255, p=2), x, y)
         runs.append((sums, loss, g))
     for r in runs[1:]:
@@ -929,9 +939,9 @@ def test_cuda_opcheck(C):
     K = num_classes(C)
     x = torch.randn(2, C, 4, 5, device="cuda", requires_grad=True)
     y = make_labels(2, K, (4, 5), torch.int32, ignore_label=255).cuda()
-    torch.library.opcheck(torch.ops.seglosses.dice_sums.default, (x, y, 255, 2))
+    torch.library.opcheck(torch.ops.seglosses.dice_sums.default, (x, y, None, 255, 2, True, False, "dice_loss"))
     a, b = torch.randn(2, K, device="cuda"), torch.randn(2, K, device="cuda")
-    torch.library.opcheck(torch.ops.seglosses.dice_backward.default, (x.detach(), y, a, b, 255, 2))
+    torch.library.opcheck(torch.ops.seglosses.dice_backward.default, (x.detach(), y, None, coef_table(a, b, 2), 255, 2))
 
 
 @requires_cuda
@@ -960,11 +970,11 @@ def test_dice_backward_fake_matches_real_layout(make_x):
     y = torch.randint(0, 3, (2,) + tuple(x.shape[2:]))
     a = torch.randn(2, 3)
     b = torch.randn(2, 3)
-    real = torch.ops.seglosses.dice_backward(x, y, a, b, -1, 1)
+    real = torch.ops.seglosses.dice_backward(x, y, None, coef_table(a, b, 1), -1, 1)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-        fake = torch.ops.seglosses.dice_backward(mode.from_tensor(x), mode.from_tensor(y), a, b, -1, 1)
+        fake = torch.ops.seglosses.dice_backward(mode.from_tensor(x), mode.from_tensor(y), None, coef_table(a, b, 1), -1, 1)
     assert fake.shape == real.shape and fake.stride() == real.stride()
-    torch.library.opcheck(torch.ops.seglosses.dice_backward, (x, y, a, b, -1, 1))
+    torch.library.opcheck(torch.ops.seglosses.dice_backward, (x, y, None, coef_table(a, b, 1), -1, 1))
 
 
 def test_double_backward_raises_instead_of_silently_missing():

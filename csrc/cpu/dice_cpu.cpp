@@ -1,338 +1,233 @@
-// CPU kernels of the fused, one-hot-free Dice loss.
+// CPU backend of the Dice-family ops (schemas in csrc/seglosses.cpp): checks, layouts, threads.
 //
-// dice_sums: one pass over logits and labels; per (sample, class) sums I, P, T. The voxels of a
-// sample are cut into fixed chunks (independent of the thread count) that at::parallel_for
-// distributes; each chunk accumulates its own partial sums and the partials are combined in
-// chunk order, so the result is bitwise identical for any number of threads.
-// dice_backward: one elementwise pass with the O(K) formula, from the [B, K] tables A and Bt.
+// dice_sums / dice_sigmoid_sums: one pass over logits and targets; per (sample, class) sums. The
+// voxels are cut into fixed chunks (independent of the thread count) that at::parallel_for
+// distributes; each chunk accumulates its own partial sums (csrc/cpu/dice_*_kernels.cpp) and the
+// partials are combined in chunk order, in double (the returned tables are float64), so the result is bitwise identical for any
+// number of threads. dice_backward / dice_sigmoid_backward: one elementwise pass from the
+// gradient of the loss with respect to the sums.
 //
-// Inside a chunk, voxels are processed in tiles of kTile: the tile's logits are gathered into a
-// [K, kTile] scratch block (any strides: contiguous, channels_last, a channel slice), then every
-// step is a loop over the tile's voxels that calls the per-element functions of dice_math.h and
-// that the compiler vectorises. No softmax or one-hot tensor is ever allocated.
+// Label validation is free here (the kernels classify every label anyway): with validate, the
+// first bad label (in sample, voxel order) raises an error that names it; without, bad labels
+// count nowhere, exactly as on CUDA.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <vector>
 
-#include "cpu_clones.h"
 #include "dice.h"
-#include "dice_math.h"
+#include "dice_kernels.h"
 
 namespace seglosses {
 namespace dice {
 namespace {
 
-// The tile loops are compiled for AVX-512, AVX2 and the x86-64 baseline (SEGLOSSES_CPU_CLONES).
-// The AVX-512 clone may fuse multiply-adds, so the last bits can differ between CPUs with and
-// without AVX-512; on one machine results stay deterministic and independent of the thread count.
+cpu::View view_of(const at::Tensor& t, const Layout& l) {
+  cpu::View v;
+  v.data = t.const_data_ptr();
+  v.elem = elem_of(t.scalar_type());
+  v.sb = l.sb, v.sc = l.sc, v.sv = l.sv;
+  return v;
+}
 
-constexpr int64_t kTile = 256;
-constexpr int64_t kChunk = 8192;  // voxels per chunk; fixed so results do not depend on threads
+cpu::OutView out_view_of(at::Tensor& t, const Layout& l) {
+  cpu::OutView v;
+  v.data = t.mutable_data_ptr();
+  v.elem = elem_of(t.scalar_type());
+  v.sb = l.sb, v.sc = l.sc, v.sv = l.sv;
+  return v;
+}
 
-// Scratch of one thread and the tile it holds.
-template <typename acc_t>
-struct Tile {
-  explicit Tile(int64_t K) : x(K * kTile), g(K * kTile) {}
-  std::vector<acc_t> x;  // logits, then exp(x - m), then s
-  std::vector<acc_t> g;  // dLoss/ds (backward)
-  acc_t m[kTile], inv_z[kTile], dot[kTile];
-  int32_t cls[kTile];  // class index, or kIgnored (ignored, bad or padding)
-  int64_t n = 0;       // voxels in this tile (the rest is padding)
+void check_cpu(const char* op, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be on the device of the other tensors (cpu), got ", x.device());
+}
+
+// The inputs of a label-map op, checked and viewed as [B, C, S] / [B, S]; the tensors keep the
+// (possibly made contiguous) data alive.
+struct LabelInputs {
+  at::Tensor x, y, mask;
+  cpu::LabelArgs args;
 };
 
-// Gathers logits and labels of voxels [v0, v0 + n) of one sample; returns the first bad label
-// seen (or records nothing). Padding voxels are marked ignored.
-template <typename scalar_t, typename label_t, typename acc_t>
-SEGLOSSES_ALWAYS_INLINE void load_tile(Tile<acc_t>& tl, const scalar_t* xb, const Layout& lx, const label_t* yb, const Layout& ly,
-               int64_t v0, int64_t n, int64_t K, int64_t ignore_label, bool& has_bad, int64_t& bad) {
-  tl.n = n;
-  for (int64_t c = 0; c < lx.C; ++c) {
-    const scalar_t* xc = xb + c * lx.sc + v0 * lx.sv;
-    acc_t* dst = tl.x.data() + c * kTile;
-    for (int64_t t = 0; t < n; ++t) dst[t] = static_cast<acc_t>(xc[t * lx.sv]);
-    for (int64_t t = n; t < kTile; ++t) dst[t] = acc_t(0);
+LabelInputs label_inputs(const char* op, const at::Tensor& x_in, const at::Tensor& y_in,
+                         const c10::optional<at::Tensor>& mask_in, int64_t ignore_label, int64_t p) {
+  check_cpu(op, x_in);
+  LabelInputs in;
+  in.y = check_label_inputs(op, x_in, y_in, p);
+  in.x = x_in;
+  const Layout lx = strided_layout(in.x, true);
+  const Layout ly = strided_layout(in.y, false);
+  cpu::LabelArgs& a = in.args;
+  a.x = view_of(in.x, lx);
+  a.y = view_of(in.y, ly);
+  if (mask_in.has_value()) {
+    in.mask = check_label_mask(op, *mask_in, x_in);
+    a.mask = view_of(in.mask, strided_layout(in.mask, false));
   }
-  int32_t any_bad = 0;
-#pragma omp simd reduction(| : any_bad)
-  for (int64_t t = 0; t < n; ++t) {
-    const int64_t cls = classify_label(static_cast<int64_t>(yb[(v0 + t) * ly.sv]), K, ignore_label);
-    any_bad |= static_cast<int32_t>(cls == kBadLabel);
-    tl.cls[t] = static_cast<int32_t>(cls < 0 ? kIgnored : cls);
-  }
-  for (int64_t t = n; t < kTile; ++t) tl.cls[t] = static_cast<int32_t>(kIgnored);
-  if (any_bad && !has_bad) {  // rare: find the first bad label of the tile for the message
-    for (int64_t t = 0; t < n; ++t) {
-      const int64_t label = static_cast<int64_t>(yb[(v0 + t) * ly.sv]);
-      if (classify_label(label, K, ignore_label) == kBadLabel) {
-        has_bad = true, bad = label;
-        break;
-      }
-    }
-  }
+  a.B = lx.B, a.C = lx.C, a.K = num_classes_from_c(lx.C), a.S = lx.S;
+  a.ignore_label = ignore_label;
+  a.p = static_cast<int>(p);
+  return in;
 }
 
-// Softmax over the tile's C channels, up to the normalisation: afterwards x holds
-// e_c = exp(x_c - m) and inv_z = 1 / sum_c e_c (0 for ignored voxels); the consumers form
-// s_c = prob(e_c, inv_z, valid) as they go, which saves a pass over the tile.
-template <typename acc_t>
-SEGLOSSES_ALWAYS_INLINE void softmax_tile(Tile<acc_t>& tl, int64_t C) {
-  acc_t* x = tl.x.data();
-  acc_t* m = tl.m;
-  acc_t* inv_z = tl.inv_z;
-  for (int64_t t = 0; t < kTile; ++t) m[t] = x[t];
-  for (int64_t c = 1; c < C; ++c) {
-    const acc_t* xc = x + c * kTile;
-#pragma omp simd
-    for (int64_t t = 0; t < kTile; ++t) m[t] = max_(m[t], xc[t]);
+struct SigmoidInputs {
+  at::Tensor x, t, mask;
+  cpu::SigmoidArgs args;
+};
+
+SigmoidInputs sigmoid_inputs(const char* op, const at::Tensor& x_in, const at::Tensor& t_in,
+                             const c10::optional<at::Tensor>& mask_in, int64_t p) {
+  check_cpu(op, x_in);
+  check_sigmoid_inputs(op, x_in, t_in, p);
+  SigmoidInputs in;
+  in.x = x_in;
+  in.t = t_in;
+  const Layout lx = strided_layout(in.x, true);
+  cpu::SigmoidArgs& a = in.args;
+  a.x = view_of(in.x, lx);
+  a.t = view_of(in.t, strided_layout(in.t, true));
+  if (mask_in.has_value()) {
+    in.mask = check_sigmoid_mask(op, *mask_in, x_in);
+    a.mask = view_of(in.mask, strided_layout(in.mask, true));
   }
-  for (int64_t t = 0; t < kTile; ++t) inv_z[t] = acc_t(0);
-  for (int64_t c = 0; c < C; ++c) {
-    acc_t* xc = x + c * kTile;
-#pragma omp simd
-    for (int64_t t = 0; t < kTile; ++t) {
-      xc[t] = shifted_exp(xc[t], m[t]);
-      inv_z[t] += xc[t];
-    }
-  }
-#pragma omp simd
-  for (int64_t t = 0; t < kTile; ++t) inv_z[t] = tl.cls[t] >= 0 ? acc_t(1) / inv_z[t] : acc_t(0);
+  a.B = lx.B, a.C = lx.C, a.S = lx.S;
+  a.p = static_cast<int>(p);
+  return in;
 }
 
-// s_c of a voxel from softmax_tile's e_c and inv_z; exactly 0 for ignored voxels (even when their
-// logits are not finite).
-template <typename acc_t>
-SEGLOSSES_ALWAYS_INLINE acc_t tile_prob(acc_t e, acc_t inv_z, int32_t cls) {
-  const acc_t s = e * inv_z;
-  return cls >= 0 ? s : acc_t(0);
-}
-
-inline int64_t num_chunks(int64_t S) { return (S + kChunk - 1) / kChunk; }
-
-// Runs f(tile, task, b, v0, v1, has_bad, bad) for every fixed chunk [v0, v1) of every sample b, in
-// parallel (one scratch tile per thread), then raises for the first bad label in task order.
-template <typename acc_t, typename F>
-void for_each_chunk(int64_t B, int64_t S, int64_t K, int64_t ignore_label, F&& f) {
-  const int64_t nchunk = num_chunks(S), ntask = B * nchunk;
-  std::vector<int64_t> bad(static_cast<size_t>(ntask), 0);
-  std::vector<char> has_bad(static_cast<size_t>(ntask), 0);
-  at::parallel_for(0, ntask, 1, [&](int64_t begin, int64_t end) {
-    Tile<acc_t> tl(K);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nchunk, v0 = (task % nchunk) * kChunk, v1 = std::min(S, v0 + kChunk);
-      bool task_bad = false;
-      f(tl, task, b, v0, v1, task_bad, bad[task]);
-      has_bad[task] = task_bad;
-    }
-  });
+// Runs tasks(begin, end, partials, firsts) for the tasks of every thread's range (partials:
+// [ntask, width] in acc_t, zeroed; firsts: the first bad element of each task), then adds the
+// partials task by task, in double, into row out_row(task) of out ([*, width]). Returns the first
+// bad element in task order.
+template <typename acc_t, typename Tasks, typename OutRow>
+int64_t run_sums(int64_t ntask, int64_t width, Tasks&& tasks, OutRow&& out_row, double* out) {
+  std::vector<acc_t> partial(static_cast<size_t>(ntask * width), acc_t(0));
+  std::vector<int64_t> bad(static_cast<size_t>(ntask), cpu::kNoBad);
+  at::parallel_for(0, ntask, 1, [&](int64_t begin, int64_t end) { tasks(begin, end, partial.data(), bad.data()); });
   for (int64_t task = 0; task < ntask; ++task) {
-    TORCH_CHECK_VALUE(!has_bad[task], bad_label_message("dice_loss", bad[task], K, ignore_label));
+    double* o = out + out_row(task) * width;
+    const acc_t* pt = partial.data() + task * width;
+    for (int64_t j = 0; j < width; ++j) o[j] += static_cast<double>(pt[j]);
   }
-}
-
-// Sums I, P, T ([3, K] at I) of voxels [v0, v1) of one sample.
-template <int PP, typename scalar_t, typename label_t, typename acc_t>
-SEGLOSSES_CPU_CLONES void sums_chunk(Tile<acc_t>& tl, const scalar_t* xb, const Layout& lx, const label_t* yb,
-                                     const Layout& ly, int64_t v0, int64_t v1, int64_t ignore_label, int p, acc_t* I,
-                                     bool& has_bad, int64_t& bad) {
-  const int64_t C = lx.C, K = num_classes_from_c(C);
-  acc_t* P = I + K;
-  acc_t* T = P + K;
-  for (int64_t vt = v0; vt < v1; vt += kTile) {
-    load_tile(tl, xb, lx, yb, ly, vt, std::min(kTile, v1 - vt), K, ignore_label, has_bad, bad);
-    const int32_t* cls = tl.cls;
-    if (C == 1) {
-      acc_t sP0 = 0, sP1 = 0, sI0 = 0, sI1 = 0, sT0 = 0, sT1 = 0;
-      const acc_t* xt = tl.x.data();
-#pragma omp simd reduction(+ : sP0, sP1, sI0, sI1, sT0, sT1)
-      for (int64_t t = 0; t < kTile; ++t) {
-        acc_t s0, s1;
-        sigmoid_pair(xt[t], s0, s1);
-        s0 = cls[t] >= 0 ? s0 : acc_t(0);
-        s1 = cls[t] >= 0 ? s1 : acc_t(0);
-        sP0 += ipow_n<PP>(s0, p);
-        sP1 += ipow_n<PP>(s1, p);
-        sI0 += cls[t] == 0 ? s0 : acc_t(0);
-        sI1 += cls[t] == 1 ? s1 : acc_t(0);
-        sT0 += cls[t] == 0 ? acc_t(1) : acc_t(0);
-        sT1 += cls[t] == 1 ? acc_t(1) : acc_t(0);
-      }
-      P[0] += sP0, P[1] += sP1, I[0] += sI0, I[1] += sI1, T[0] += sT0, T[1] += sT1;
-      continue;
-    }
-    softmax_tile(tl, C);
-    const acc_t* inv_z = tl.inv_z;
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t* e = tl.x.data() + c * kTile;
-      const int32_t ci = static_cast<int32_t>(c);
-      acc_t sP = 0, sI = 0, sT = 0;
-#pragma omp simd reduction(+ : sP, sI, sT)
-      for (int64_t t = 0; t < kTile; ++t) {
-        const acc_t st = tile_prob(e[t], inv_z[t], cls[t]);
-        sP += ipow_n<PP>(st, p);
-        sI += cls[t] == ci ? st : acc_t(0);
-        sT += cls[t] == ci ? acc_t(1) : acc_t(0);
-      }
-      P[c] += sP, I[c] += sI, T[c] += sT;
-    }
+  for (int64_t task = 0; task < ntask; ++task) {
+    if (bad[task] != cpu::kNoBad) return bad[task];
   }
+  return cpu::kNoBad;
 }
 
-// PP = p when it is 1 or 2 (compile-time, so the loops vectorise), else -1.
-template <int PP, typename scalar_t, typename label_t>
-void sums_kernel(const scalar_t* x, const Layout& lx, const label_t* y, const Layout& ly, int64_t ignore_label, int p,
-                 double* out /* [B, 3, K] */) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t B = lx.B, S = lx.S, K = num_classes_from_c(lx.C), nchunk = num_chunks(S);
-  std::vector<acc_t> partial(static_cast<size_t>(B * nchunk * 3 * K), acc_t(0));
-  for_each_chunk<acc_t>(B, S, K, ignore_label,
-                        [&](Tile<acc_t>& tl, int64_t task, int64_t b, int64_t v0, int64_t v1, bool& has_bad,
-                            int64_t& bad) {
-                          sums_chunk<PP>(tl, x + b * lx.sb, lx, y + b * ly.sb, ly, v0, v1, ignore_label, p,
-                                         partial.data() + task * 3 * K, has_bad, bad);
-                        });
-  // Fixed-order combination of the chunk partials, in double.
-  for (int64_t b = 0; b < B; ++b) {
-    double* ob = out + b * 3 * K;
-    for (int64_t j = 0; j < 3 * K; ++j) ob[j] = 0.0;
-    for (int64_t k = 0; k < nchunk; ++k) {
-      const acc_t* pt = partial.data() + (b * nchunk + k) * 3 * K;
-      for (int64_t j = 0; j < 3 * K; ++j) ob[j] += static_cast<double>(pt[j]);
-    }
+template <typename acc_t>
+int64_t label_sums(const cpu::LabelArgs& a, double* out /* [B, 4, K] */) {
+  const int64_t nchunk = cpu::num_chunks(a.S), width = cpu::kLabelRows * a.K;
+  return run_sums<acc_t>(
+      a.B * nchunk, width,
+      [&](int64_t begin, int64_t end, acc_t* partial, int64_t* bad) {
+        cpu::LabelTile<acc_t> tile(a.C);
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t b = task / nchunk, v0 = (task % nchunk) * cpu::kChunk;
+          cpu::label_sums_chunk<acc_t>(a, tile, b, v0, std::min(a.S, v0 + cpu::kChunk), partial + task * width,
+                                       bad[task]);
+        }
+      },
+      [&](int64_t task) { return task / nchunk; }, out);
+}
+
+at::Tensor dice_sums_cpu(const at::Tensor& x, const at::Tensor& y, const c10::optional<at::Tensor>& mask,
+                         int64_t ignore_label, int64_t p, bool with_ce, bool validate, c10::string_view api) {
+  LabelInputs in = label_inputs("dice_sums", x, y, mask, ignore_label, p);
+  cpu::LabelArgs& a = in.args;
+  a.with_ce = with_ce;
+  at::Tensor out64 = at::zeros({a.B, cpu::kLabelRows, a.K}, x.options().dtype(at::kDouble));
+  if (a.B > 0 && a.S > 0) {
+    const int64_t bad = x.scalar_type() == at::kDouble ? label_sums<double>(a, out64.mutable_data_ptr<double>())
+                                                       : label_sums<float>(a, out64.mutable_data_ptr<double>());
+    TORCH_CHECK_VALUE(!validate || bad == cpu::kNoBad,
+                      bad_label_message(std::string(api), in.y, bad, a.K, ignore_label));
   }
+  return out64;
 }
 
-// Gradient of voxels [v0, v1) of one sample; a, bt: the sample's rows of A and Bt.
-template <int PM1, typename scalar_t, typename label_t, typename acc_t>
-SEGLOSSES_CPU_CLONES void backward_chunk(Tile<acc_t>& tl, const scalar_t* xb, const Layout& lx, const label_t* yb,
-                                         const Layout& ly, const acc_t* a, const acc_t* bt, int64_t v0, int64_t v1,
-                                         int64_t ignore_label, int p, scalar_t* gb, const Layout& lg, bool& has_bad,
-                                         int64_t& bad) {
-  const int64_t C = lx.C, K = num_classes_from_c(C);
-  for (int64_t vt = v0; vt < v1; vt += kTile) {
-    const int64_t n = std::min(kTile, v1 - vt);
-    load_tile(tl, xb, lx, yb, ly, vt, n, K, ignore_label, has_bad, bad);
-    const int32_t* cls = tl.cls;
-    scalar_t* gt = gb + vt * lg.sv;
-    if (C == 1) {
-      acc_t* out = tl.g.data();
-      const acc_t* xt = tl.x.data();
-#pragma omp simd
-      for (int64_t t = 0; t < kTile; ++t) {
-        acc_t s0, s1;
-        sigmoid_pair(xt[t], s0, s1);
-        const acc_t g0 = class_grad<PM1>(a[0], bt[0], s0, cls[t] == 0, p);
-        const acc_t g1 = class_grad<PM1>(a[1], bt[1], s1, cls[t] == 1, p);
-        out[t] = cls[t] >= 0 ? sigmoid_grad(s0, s1, g0, g1) : acc_t(0);
-      }
-      for (int64_t t = 0; t < n; ++t) gt[t * lg.sv] = static_cast<scalar_t>(out[t]);
-      continue;
-    }
-    softmax_tile(tl, C);
-    const acc_t* inv_z = tl.inv_z;
-    acc_t* dot = tl.dot;
-    for (int64_t t = 0; t < kTile; ++t) dot[t] = acc_t(0);
-    for (int64_t c = 0; c < C; ++c) {
-      acc_t* s = tl.x.data() + c * kTile;  // e_c in, s_c out
-      acc_t* gc = tl.g.data() + c * kTile;
-      const acc_t ac = a[c], bc = bt[c];
-      const int32_t ci = static_cast<int32_t>(c);
-#pragma omp simd
-      for (int64_t t = 0; t < kTile; ++t) {
-        const acc_t st = tile_prob(s[t], inv_z[t], cls[t]);
-        s[t] = st;
-        gc[t] = class_grad<PM1>(ac, bc, st, cls[t] == ci, p);
-        dot[t] += gc[t] * st;
-      }
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      acc_t* s = tl.x.data() + c * kTile;
-      const acc_t* gc = tl.g.data() + c * kTile;
-#pragma omp simd
-      for (int64_t t = 0; t < kTile; ++t) s[t] = softmax_grad(s[t], gc[t], dot[t]);
-      scalar_t* gout = gt + c * lg.sc;
-      for (int64_t t = 0; t < n; ++t) gout[t * lg.sv] = static_cast<scalar_t>(s[t]);
-    }
-  }
-}
-
-// PM1 = p - 1 when p is 1 or 2, else -1.
-template <int PM1, typename scalar_t, typename label_t>
-void backward_kernel(const scalar_t* x, const Layout& lx, const label_t* y, const Layout& ly,
-                     const at::opmath_type<scalar_t>* coef_a, const at::opmath_type<scalar_t>* coef_b,
-                     int64_t ignore_label, int p, scalar_t* g, const Layout& lg) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t K = num_classes_from_c(lx.C);
-  for_each_chunk<acc_t>(lx.B, lx.S, K, ignore_label,
-                        [&](Tile<acc_t>& tl, int64_t, int64_t b, int64_t v0, int64_t v1, bool& has_bad,
-                            int64_t& bad) {
-                          backward_chunk<PM1>(tl, x + b * lx.sb, lx, y + b * ly.sb, ly, coef_a + b * K,
-                                              coef_b + b * K, v0, v1, ignore_label, p, g + b * lg.sb, lg, has_bad,
-                                              bad);
-                        });
-}
-
-// Calls f with the compile-time specialisation of p (1, 2, or -1 = runtime), offset by delta.
-template <int delta, typename F>
-void dispatch_p(int64_t p, F&& f) {
-  if (p == 1) {
-    f(std::integral_constant<int, 1 + delta>());
-  } else if (p == 2) {
-    f(std::integral_constant<int, 2 + delta>());
-  } else {
-    f(std::integral_constant<int, -1>());
-  }
-}
-
-at::Tensor dice_sums_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t ignore_label, int64_t p) {
-  at::Tensor yv = check_inputs("dice_sums", x_in, y_in, p);
-  at::Tensor x = x_in;
-  const Layout lx = x_layout(x);
-  const Layout ly = y_layout(yv);
-  const int64_t K = num_classes(x);
-  at::Tensor out64 = at::zeros({lx.B, 3, K}, x.options().dtype(at::kDouble));
-  if (lx.B > 0 && lx.S > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dice_sums_cpu", [&] {
-      using x_t = scalar_t;
-      AT_DISPATCH_INTEGRAL_TYPES(yv.scalar_type(), "dice_sums_cpu_labels", [&] {
-        using label_t = scalar_t;
-        dispatch_p<0>(p, [&](auto pp) {
-          sums_kernel<decltype(pp)::value, x_t, label_t>(x.const_data_ptr<x_t>(), lx, yv.const_data_ptr<label_t>(),
-                                                         ly, ignore_label, static_cast<int>(p),
-                                                         out64.mutable_data_ptr<double>());
-        });
-      });
-    });
-  }
-  return x.scalar_type() == at::kDouble ? out64 : out64.to(at::kFloat);
-}
-
-at::Tensor dice_backward_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& coef_a,
-                             const at::Tensor& coef_b, int64_t ignore_label, int64_t p) {
-  at::Tensor yv = check_inputs("dice_backward", x_in, y_in, p);
-  at::Tensor x = x_in;
-  const Layout lx = x_layout(x);
-  const Layout ly = y_layout(yv);
-  at::Tensor a = check_coef("dice_backward", "coef_a", coef_a, x);
-  at::Tensor bt = check_coef("dice_backward", "coef_b", coef_b, x);
+at::Tensor dice_backward_cpu(const at::Tensor& x, const at::Tensor& y, const c10::optional<at::Tensor>& mask,
+                             const at::Tensor& grad_sums, int64_t ignore_label, int64_t p) {
+  LabelInputs in = label_inputs("dice_backward", x, y, mask, ignore_label, p);
+  const cpu::LabelArgs& a = in.args;
+  const at::Tensor coef = check_grad_sums("dice_backward", grad_sums, x, cpu::kLabelRows, a.K, p);
   at::Tensor g = empty_grad(x);
-  const Layout lg = x_layout(g);
-  if (lx.B == 0 || lx.S == 0) return g.zero_();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dice_backward_cpu", [&] {
-    using x_t = scalar_t;
-    using acc_t = at::opmath_type<x_t>;
-    AT_DISPATCH_INTEGRAL_TYPES(yv.scalar_type(), "dice_backward_cpu_labels", [&] {
-      using label_t = scalar_t;
-      dispatch_p<-1>(p, [&](auto pm1) {
-        backward_kernel<decltype(pm1)::value, x_t, label_t>(
-            x.const_data_ptr<x_t>(), lx, yv.const_data_ptr<label_t>(), ly, a.const_data_ptr<acc_t>(),
-            bt.const_data_ptr<acc_t>(), ignore_label, static_cast<int>(p), g.mutable_data_ptr<x_t>(), lg);
-      });
+  const cpu::OutView gv = out_view_of(g, strided_layout(g, true));
+  if (a.B == 0 || a.S == 0) return g.zero_();
+  const int64_t nchunk = cpu::num_chunks(a.S);
+  auto run = [&](auto zero) {
+    using acc_t = decltype(zero);
+    const acc_t* c = coef.const_data_ptr<acc_t>();
+    at::parallel_for(0, a.B * nchunk, 1, [&](int64_t begin, int64_t end) {
+      cpu::LabelTile<acc_t> tile(a.C);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / nchunk, v0 = (task % nchunk) * cpu::kChunk;
+        cpu::label_backward_chunk<acc_t>(a, tile, b, v0, std::min(a.S, v0 + cpu::kChunk), c, gv);
+      }
     });
-  });
+  };
+  if (x.scalar_type() == at::kDouble) {
+    run(0.0);
+  } else {
+    run(0.0f);
+  }
+  return g;
+}
+
+template <typename acc_t>
+int64_t sigmoid_sums(const cpu::SigmoidArgs& a, double* out /* [B, C, 6] */) {
+  const int64_t nchunk = cpu::num_chunks(a.S), width = cpu::kSigmoidRows;
+  return run_sums<acc_t>(
+      a.B * a.C * nchunk, width,
+      [&](int64_t begin, int64_t end, acc_t* partial, int64_t* bad) {
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t row = task / nchunk, v0 = (task % nchunk) * cpu::kChunk;
+          cpu::sigmoid_sums_chunk<acc_t>(a, row / a.C, row % a.C, v0, std::min(a.S, v0 + cpu::kChunk),
+                                         partial + task * width, bad[task]);
+        }
+      },
+      [&](int64_t task) { return task / nchunk; }, out);
+}
+
+at::Tensor dice_sigmoid_sums_cpu(const at::Tensor& x, const at::Tensor& t, const c10::optional<at::Tensor>& mask,
+                                 int64_t p, bool with_ce, bool validate, c10::string_view api) {
+  SigmoidInputs in = sigmoid_inputs("dice_sigmoid_sums", x, t, mask, p);
+  cpu::SigmoidArgs& a = in.args;
+  a.with_ce = with_ce;
+  at::Tensor rows64 = at::zeros({a.B, a.C, cpu::kSigmoidRows}, x.options().dtype(at::kDouble));
+  if (a.B > 0 && a.C > 0 && a.S > 0) {
+    const int64_t bad = x.scalar_type() == at::kDouble ? sigmoid_sums<double>(a, rows64.mutable_data_ptr<double>())
+                                                       : sigmoid_sums<float>(a, rows64.mutable_data_ptr<double>());
+    TORCH_CHECK_VALUE(!validate || bad == cpu::kNoBad, bad_target_message(std::string(api), in.t, bad));
+  }
+  return rows64.transpose(1, 2).contiguous();
+}
+
+at::Tensor dice_sigmoid_backward_cpu(const at::Tensor& x, const at::Tensor& t, const c10::optional<at::Tensor>& mask,
+                                     const at::Tensor& grad_sums, int64_t p) {
+  SigmoidInputs in = sigmoid_inputs("dice_sigmoid_backward", x, t, mask, p);
+  const cpu::SigmoidArgs& a = in.args;
+  const at::Tensor coef = check_grad_sums("dice_sigmoid_backward", grad_sums, x, cpu::kSigmoidRows, a.C, p);
+  at::Tensor g = empty_grad(x);
+  const cpu::OutView gv = out_view_of(g, strided_layout(g, true));
+  if (a.B == 0 || a.C == 0 || a.S == 0) return g.zero_();
+  const int64_t nchunk = cpu::num_chunks(a.S);
+  auto run = [&](auto zero) {
+    using acc_t = decltype(zero);
+    const acc_t* c = coef.const_data_ptr<acc_t>();
+    at::parallel_for(0, a.B * a.C * nchunk, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t row = task / nchunk, v0 = (task % nchunk) * cpu::kChunk;
+        cpu::sigmoid_backward_chunk<acc_t>(a, row / a.C, row % a.C, v0, std::min(a.S, v0 + cpu::kChunk), c, gv);
+      }
+    });
+  };
+  if (x.scalar_type() == at::kDouble) {
+    run(0.0);
+  } else {
+    run(0.0f);
+  }
   return g;
 }
 
@@ -343,4 +238,6 @@ at::Tensor dice_backward_cpu(const at::Tensor& x_in, const at::Tensor& y_in, con
 TORCH_LIBRARY_IMPL(seglosses, CPU, m) {
   m.impl("dice_sums", &seglosses::dice::dice_sums_cpu);
   m.impl("dice_backward", &seglosses::dice::dice_backward_cpu);
+  m.impl("dice_sigmoid_sums", &seglosses::dice::dice_sigmoid_sums_cpu);
+  m.impl("dice_sigmoid_backward", &seglosses::dice::dice_sigmoid_backward_cpu);
 }
