@@ -131,6 +131,12 @@ SEG_HD acc_t ipow(acc_t v, int n) {
   return r;
 }
 
+// Rows of the sums tables (csrc/seglosses.cpp). Label maps, [B, 4, K]: I, P, T and the
+// cross-entropy L; multi-label sigmoid, [B, 6, C]: I, P, T, Lpos = sum t softplus(-x),
+// Lneg = sum (1 - t) softplus(x) and the number N of counted elements.
+constexpr int kRowI = 0, kRowP = 1, kRowT = 2, kRowL = 3, kLabelRows = 4;
+constexpr int kRowLpos = 3, kRowLneg = 4, kRowN = 5, kSigmoidRows = 6;
+
 // ---------------------------------------------------------------------------------------------
 // Labels
 // ---------------------------------------------------------------------------------------------

@@ -44,6 +44,17 @@ class _DiceFamilyLoss(nn.Module):
         self.distributed = distributed
         self.process_group = process_group
 
+    def _on_device(self, values: Optional[Tuple[float, ...]], device: torch.device) -> Optional[torch.Tensor]:
+        """The weights as a float64 tensor on x's device, copied there once: a host-to-device copy
+        per call would make every step wait for the GPU."""
+        if values is None:
+            return None
+        cache = self.__dict__.setdefault("_weights_on_device", {})
+        key = (values, device)
+        if key not in cache:
+            cache[key] = torch.tensor(values, dtype=torch.float64).to(device)
+        return cache[key]
+
     def _common(self) -> dict:
         return dict(ignore_channel=self.ignore_channel, ignore_label=self.ignore_label, smooth=self.smooth,
                     reduction=self.reduction, activation=self.activation, validate_labels=self.validate_labels,
@@ -95,7 +106,7 @@ class DiceLoss(_DiceFamilyLoss):
         self.weight = _weight_tuple("DiceLoss", "weight", weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return dice_loss(x, y, self.weight, p=self.p, mask=mask, **self._common())
+        return dice_loss(x, y, self._on_device(self.weight, x.device), p=self.p, mask=mask, **self._common())
 
 
 class DiceCELoss(_DiceFamilyLoss):
@@ -137,8 +148,9 @@ class DiceCELoss(_DiceFamilyLoss):
         self.lambda_ce = _dice.check_number("DiceCELoss", "lambda_ce", lambda_ce)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return dice_ce_loss(x, y, weight=self.weight, p=self.p, lambda_dice=self.lambda_dice,
-                            lambda_ce=self.lambda_ce, ce_weight=self.ce_weight, mask=mask, **self._common())
+        return dice_ce_loss(x, y, weight=self._on_device(self.weight, x.device), p=self.p,
+                            lambda_dice=self.lambda_dice, lambda_ce=self.lambda_ce,
+                            ce_weight=self._on_device(self.ce_weight, x.device), mask=mask, **self._common())
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", lambda_dice={self.lambda_dice}, lambda_ce={self.lambda_ce}"
@@ -208,7 +220,8 @@ class TverskyLoss(_DiceFamilyLoss):
         self.weight = _weight_tuple("TverskyLoss", "weight", weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return tversky_loss(x, y, alpha=self.alpha, beta=self.beta, weight=self.weight, mask=mask, **self._common())
+        return tversky_loss(x, y, alpha=self.alpha, beta=self.beta, weight=self._on_device(self.weight, x.device),
+                            mask=mask, **self._common())
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}, " + super().extra_repr()

@@ -118,7 +118,7 @@ int64_t run_sums(int64_t ntask, int64_t width, Tasks&& tasks, OutRow&& out_row, 
 
 template <typename acc_t>
 int64_t label_sums(const cpu::LabelArgs& a, double* out /* [B, 4, K] */) {
-  const int64_t nchunk = cpu::num_chunks(a.S), width = cpu::kLabelRows * a.K;
+  const int64_t nchunk = cpu::num_chunks(a.S), width = kLabelRows * a.K;
   return run_sums<acc_t>(
       a.B * nchunk, width,
       [&](int64_t begin, int64_t end, acc_t* partial, int64_t* bad) {
@@ -137,7 +137,7 @@ at::Tensor dice_sums_cpu(const at::Tensor& x, const at::Tensor& y, const c10::op
   LabelInputs in = label_inputs("dice_sums", x, y, mask, ignore_label, p);
   cpu::LabelArgs& a = in.args;
   a.with_ce = with_ce;
-  at::Tensor out64 = at::zeros({a.B, cpu::kLabelRows, a.K}, x.options().dtype(at::kDouble));
+  at::Tensor out64 = at::zeros({a.B, kLabelRows, a.K}, x.options().dtype(at::kDouble));
   if (a.B > 0 && a.S > 0) {
     const int64_t bad = x.scalar_type() == at::kDouble ? label_sums<double>(a, out64.mutable_data_ptr<double>())
                                                        : label_sums<float>(a, out64.mutable_data_ptr<double>());
@@ -151,7 +151,7 @@ at::Tensor dice_backward_cpu(const at::Tensor& x, const at::Tensor& y, const c10
                              const at::Tensor& grad_sums, int64_t ignore_label, int64_t p) {
   LabelInputs in = label_inputs("dice_backward", x, y, mask, ignore_label, p);
   const cpu::LabelArgs& a = in.args;
-  const at::Tensor coef = check_grad_sums("dice_backward", grad_sums, x, cpu::kLabelRows, a.K, p);
+  const at::Tensor coef = check_grad_sums("dice_backward", grad_sums, x, kLabelRows, a.K, p);
   at::Tensor g = empty_grad(x);
   const cpu::OutView gv = out_view_of(g, strided_layout(g, true));
   if (a.B == 0 || a.S == 0) return g.zero_();
@@ -177,7 +177,7 @@ at::Tensor dice_backward_cpu(const at::Tensor& x, const at::Tensor& y, const c10
 
 template <typename acc_t>
 int64_t sigmoid_sums(const cpu::SigmoidArgs& a, double* out /* [B, C, 6] */) {
-  const int64_t nchunk = cpu::num_chunks(a.S), width = cpu::kSigmoidRows;
+  const int64_t nchunk = cpu::num_chunks(a.S), width = kSigmoidRows;
   return run_sums<acc_t>(
       a.B * a.C * nchunk, width,
       [&](int64_t begin, int64_t end, acc_t* partial, int64_t* bad) {
@@ -195,7 +195,7 @@ at::Tensor dice_sigmoid_sums_cpu(const at::Tensor& x, const at::Tensor& t, const
   SigmoidInputs in = sigmoid_inputs("dice_sigmoid_sums", x, t, mask, p);
   cpu::SigmoidArgs& a = in.args;
   a.with_ce = with_ce;
-  at::Tensor rows64 = at::zeros({a.B, a.C, cpu::kSigmoidRows}, x.options().dtype(at::kDouble));
+  at::Tensor rows64 = at::zeros({a.B, a.C, kSigmoidRows}, x.options().dtype(at::kDouble));
   if (a.B > 0 && a.C > 0 && a.S > 0) {
     const int64_t bad = x.scalar_type() == at::kDouble ? sigmoid_sums<double>(a, rows64.mutable_data_ptr<double>())
                                                        : sigmoid_sums<float>(a, rows64.mutable_data_ptr<double>());
@@ -208,7 +208,7 @@ at::Tensor dice_sigmoid_backward_cpu(const at::Tensor& x, const at::Tensor& t, c
                                      const at::Tensor& grad_sums, int64_t p) {
   SigmoidInputs in = sigmoid_inputs("dice_sigmoid_backward", x, t, mask, p);
   const cpu::SigmoidArgs& a = in.args;
-  const at::Tensor coef = check_grad_sums("dice_sigmoid_backward", grad_sums, x, cpu::kSigmoidRows, a.C, p);
+  const at::Tensor coef = check_grad_sums("dice_sigmoid_backward", grad_sums, x, kSigmoidRows, a.C, p);
   at::Tensor g = empty_grad(x);
   const cpu::OutView gv = out_view_of(g, strided_layout(g, true));
   if (a.B == 0 || a.C == 0 || a.S == 0) return g.zero_();

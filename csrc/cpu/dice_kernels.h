@@ -49,9 +49,6 @@ struct LabelArgs {
   bool with_ce = false;  // sums: also accumulate the cross-entropy row L
 };
 
-// Rows of the [B, 4, K] sums table.
-constexpr int kRowI = 0, kRowP = 1, kRowT = 2, kRowL = 3, kLabelRows = 4;
-
 // Voxels per tile: the unit of the vectorised loops (a tile's rows stay in L1).
 constexpr int64_t kTile = 256;
 
@@ -93,10 +90,6 @@ struct SigmoidArgs {
   int p = 1;
   bool with_ce = false;
 };
-
-// Rows of the [B, 6, C] sums table: I, P, T, Lpos = sum t softplus(-x), Lneg = sum (1-t) softplus(x),
-// N = number of counted elements.
-constexpr int kRowLpos = 3, kRowLneg = 4, kRowN = 5, kSigmoidRows = 6;
 
 // Sums of elements [v0, v1) of row (b, c) into out [6].
 template <typename acc_t>
