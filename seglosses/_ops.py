@@ -33,6 +33,13 @@ DICE_LABEL_ROWS = 4  # I, P, T, L
 DICE_SIGMOID_ROWS = 6  # I, P, T, Lpos, Lneg, N
 
 
+def _check_devices_fake(op, x, **others):
+    for name, t in others.items():
+        if t is not None:
+            torch._check_value(t.device == x.device,
+                               lambda: f"{op}: {name} must be on x's device ({x.device}), got {t.device}")
+
+
 def _check_logits_fake(op, x, p):
     torch._check(3 <= x.dim() <= 5, lambda: f"{op}: x must be [B, C, *spatial] with 1 to 3 spatial dims")
     torch._check(x.is_floating_point(), lambda: f"{op}: x must be floating point, got {x.dtype}")
@@ -43,6 +50,7 @@ def _check_logits_fake(op, x, p):
 @torch.library.register_fake("seglosses::dice_sums")
 def _dice_sums_fake(x, y, mask, ignore_label, p, with_ce, validate, api):
     _check_logits_fake("dice_sums", x, p)
+    _check_devices_fake("dice_sums", x, y=y, mask=mask)
     torch._check(y.shape[0] == x.shape[0], lambda: "dice_sums: y must have x's batch size")
     return x.new_empty((x.shape[0], DICE_LABEL_ROWS, _num_classes(x)), dtype=torch.float64)
 
@@ -50,6 +58,7 @@ def _dice_sums_fake(x, y, mask, ignore_label, p, with_ce, validate, api):
 @torch.library.register_fake("seglosses::dice_sigmoid_sums")
 def _dice_sigmoid_sums_fake(x, t, mask, p, with_ce, validate, api):
     _check_logits_fake("dice_sigmoid_sums", x, p)
+    _check_devices_fake("dice_sigmoid_sums", x, t=t, mask=mask)
     torch._check(t.shape == x.shape, lambda: "dice_sigmoid_sums: t must have x's shape")
     return x.new_empty((x.shape[0], DICE_SIGMOID_ROWS, x.shape[1]), dtype=torch.float64)
 
@@ -76,12 +85,14 @@ def _grad_like(x: torch.Tensor) -> torch.Tensor:
 @torch.library.register_fake("seglosses::dice_backward")
 def _dice_backward_fake(x, y, mask, grad_sums, ignore_label, p):
     _check_logits_fake("dice_backward", x, p)
+    _check_devices_fake("dice_backward", x, y=y, mask=mask, grad_sums=grad_sums)
     return _grad_like(x)
 
 
 @torch.library.register_fake("seglosses::dice_sigmoid_backward")
 def _dice_sigmoid_backward_fake(x, t, mask, grad_sums, p):
     _check_logits_fake("dice_sigmoid_backward", x, p)
+    _check_devices_fake("dice_sigmoid_backward", x, t=t, mask=mask, grad_sums=grad_sums)
     return _grad_like(x)
 
 

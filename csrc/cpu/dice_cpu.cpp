@@ -195,13 +195,14 @@ at::Tensor dice_sigmoid_sums_cpu(const at::Tensor& x, const at::Tensor& t, const
   SigmoidInputs in = sigmoid_inputs("dice_sigmoid_sums", x, t, mask, p);
   cpu::SigmoidArgs& a = in.args;
   a.with_ce = with_ce;
+  at::Tensor out = at::zeros({a.B, kSigmoidRows, a.C}, x.options().dtype(at::kDouble));
   at::Tensor rows64 = at::zeros({a.B, a.C, kSigmoidRows}, x.options().dtype(at::kDouble));
   if (a.B > 0 && a.C > 0 && a.S > 0) {
     const int64_t bad = x.scalar_type() == at::kDouble ? sigmoid_sums<double>(a, rows64.mutable_data_ptr<double>())
                                                        : sigmoid_sums<float>(a, rows64.mutable_data_ptr<double>());
     TORCH_CHECK_VALUE(!validate || bad == cpu::kNoBad, bad_target_message(std::string(api), in.t, bad));
   }
-  return rows64.transpose(1, 2).contiguous();
+  return out.copy_(rows64.transpose(1, 2));
 }
 
 at::Tensor dice_sigmoid_backward_cpu(const at::Tensor& x, const at::Tensor& t, const c10::optional<at::Tensor>& mask,
