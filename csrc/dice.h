@@ -89,7 +89,7 @@ inline bool is_logit_dtype(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
 }
 
-inline bool is_target_dtype(at::ScalarType t) { return t == at::kBool || t == at::kByte || is_logit_dtype(t); }
+inline bool is_target_dtype(at::ScalarType t) { return t == at::kBool || is_label_dtype(t) || is_logit_dtype(t); }
 
 inline bool is_mask_dtype(at::ScalarType t) { return t == at::kBool || is_label_dtype(t) || is_logit_dtype(t); }
 
@@ -132,7 +132,7 @@ inline at::Tensor check_label_inputs(const char* op, const at::Tensor& x, const 
 inline void check_sigmoid_inputs(const char* op, const at::Tensor& x, const at::Tensor& t, int64_t p) {
   check_logits(op, x, p);
   TORCH_CHECK_TYPE(is_target_dtype(t.scalar_type()), op,
-                   ": t must be bool, uint8 or floating point targets in [0, 1], got ", t.scalar_type());
+                   ": t must hold targets in [0, 1] (bool, integer or floating point), got ", t.scalar_type());
   check_device(op, "t", t, x);
   TORCH_CHECK_VALUE(t.sizes() == x.sizes(), op, ": t must have x's shape ", x.sizes(), ", got ", t.sizes());
 }

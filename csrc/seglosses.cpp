@@ -33,7 +33,7 @@ TORCH_LIBRARY(seglosses, m) {
   // Vector-Jacobian product of dice_sums: grad_sums = dLoss/d(sums) [B, 4, K]. 0 where a voxel
   // does not count. Same shape and dtype as x. Never validates labels (dice_sums did).
   m.def("dice_backward(Tensor x, Tensor y, Tensor? mask, Tensor grad_sums, int ignore_label, int p) -> Tensor");
-  // Multi-label sigmoid Dice family: x logits [B, C, *], t targets of x's shape (bool, uint8 or
+  // Multi-label sigmoid Dice family: x logits [B, C, *], t targets of x's shape (bool, integer or
   // floating point in [0, 1]), mask optional [B, C, *] or [B, 1, *] (or broadcastable). Per
   // (sample, channel), over the elements that count, with s = sigmoid(x): I = sum s t,
   // P = sum s^p, T = sum t^p, Lpos = sum t softplus(-x), Lneg = sum (1 - t) softplus(x) (with_ce,

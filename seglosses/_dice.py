@@ -26,8 +26,8 @@ ACTIVATIONS = ("softmax", "sigmoid")
 REDUCTIONS = ("none", "mean", "sum", "batch")
 LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
                 torch.uint16, torch.uint32, torch.uint64)
-TARGET_DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+TARGET_DTYPES = (torch.bool,) + LABEL_DTYPES + LOGIT_DTYPES  # multi-label targets, values in [0, 1]
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Rows of the sums tables (csrc/seglosses.cpp).
@@ -166,8 +166,8 @@ def _check_label_map(fn: str, x: torch.Tensor, y: torch.Tensor) -> None:
     x_shaped = x.shape[1] > 1 and tuple(y.shape) == tuple(x.shape)
     if y.dtype not in LABEL_DTYPES:
         if y.is_floating_point() or y.dtype == torch.bool:
-            hint = ("it has x's shape: a one-hot or probability target? Pass integer labels, e.g. `y.argmax(1)`, "
-                    "or use activation='sigmoid' for multi-label targets" if x_shaped
+            hint = ("it has x's shape, so it looks like a one-hot or probability target: pass integer labels, e.g. "
+                    "`y.argmax(1)`, or use activation='sigmoid' for multi-label targets" if x_shaped
                     else "pass integer labels, e.g. `y.long()` (or `y.argmax(1)` for a one-hot target)")
         else:
             hint = "pass integer labels"
@@ -186,8 +186,8 @@ def _check_label_map(fn: str, x: torch.Tensor, y: torch.Tensor) -> None:
 
 def _check_sigmoid_target(fn: str, x: torch.Tensor, y: torch.Tensor) -> None:
     if y.dtype not in TARGET_DTYPES:
-        raise TypeError(f"{fn}: with activation='sigmoid', y must hold targets in [0, 1] (bool, uint8 or floating "
-                        f"point), got dtype {y.dtype}; for a label map use activation='softmax'")
+        raise TypeError(f"{fn}: with activation='sigmoid', y must hold targets in [0, 1] (bool, integer or floating "
+                        f"point), got dtype {y.dtype}")
     if tuple(y.shape) != tuple(x.shape):
         raise ValueError(f"{fn}: with activation='sigmoid', y must have x's shape {tuple(x.shape)} (one target "
                          f"channel per logit channel), got shape {tuple(y.shape)}")

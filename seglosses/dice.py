@@ -78,7 +78,7 @@ class DiceLoss(_DiceFamilyLoss):
         p: integer exponent in ``[1, 1024]`` of the predictions in the denominator.
         reduction: ``"none"``, ``"mean"``, ``"sum"`` or ``"batch"``.
         activation: ``"softmax"`` (integer label maps; C == 1: binary sigmoid) or ``"sigmoid"``
-            (multi-label: a target of x's shape, bool / uint8 / float in [0, 1]).
+            (multi-label: a target of x's shape, bool / integer / float in [0, 1]).
         validate_labels: raise for labels outside ``[0, K)``; ``None``: on the CPU only (free
             there; on CUDA it would wait for the GPU). Off: such voxels count nowhere.
         distributed: with ``reduction="batch"``, all-reduce the sums over the DDP ranks so that

@@ -11,7 +11,7 @@ Options shared by the whole family:
   ``[B, 1, *spatial]``; ``s = softmax(x, dim=1)`` over C >= 2 channels (K = C classes), or for
   C == 1 the binary case ``s_1 = sigmoid(x)``, ``s_0 = 1 - s_1`` (K = 2).
   ``activation="sigmoid"`` (multi-label): each of the C channels is its own binary problem with
-  ``s_c = sigmoid(x_c)`` against ``y`` of x's shape (bool, uint8 or float in [0, 1], read in
+  ``s_c = sigmoid(x_c)`` against ``y`` of x's shape (bool, integer or float in [0, 1], read in
   place); K = C.
 - Per sample b and class c, over the voxels that count: ``I = sum s t``, ``P = sum s^p``,
   ``T = sum t^p`` (``t = [y == c]`` for label maps, the target otherwise).
@@ -90,7 +90,7 @@ def dice_loss(
             float64; any memory layout; CPU or CUDA.
         y: ``activation="softmax"``: integer labels ``[B, *spatial]`` or ``[B, 1, *spatial]``
             (uint8, int8, int16, int32, int64, uint16, uint32, uint64); ``"sigmoid"``: targets of
-            x's shape (bool, uint8 or floating point in [0, 1]). On x's device.
+            x's shape (bool, integer or floating point in [0, 1]). On x's device.
         weight: K class weights >= 0; the loss is ``sum_c w_c L_bc`` (not renormalised). ``None``
             averages ``L_bc`` over the classes that count.
         ignore_channel: a class left out of the loss (an index outside ``[0, K)`` has no effect).

@@ -150,7 +150,7 @@ def dice_ce_loss_ref(x, y, weight=None, ignore_channel=-1, ignore_label=-1, smoo
                      lambda_dice=1.0, lambda_ce=1.0, ce_weight=None, mask=None, activation="softmax"):
     d = dice_loss_ref(x, y, weight, ignore_channel, ignore_label, smooth, p,
                       "none" if reduction in ("none", "sum") else reduction, mask, activation)
-    ce = cross_entropy_ref(x, y, ignore_label, ce_weight, mask, activation, reduction)
+    ce = cross_entropy_ref(x, y, ignore_label, ce_weight, mask, activation, "none" if reduction == "sum" else reduction)
     if reduction == "sum":
         return (lambda_dice * d + lambda_ce * ce).sum()
     return lambda_dice * d + lambda_ce * ce

@@ -96,15 +96,23 @@ SigmoidInputs sigmoid_inputs(const char* op, const at::Tensor& x_in, const at::T
   return in;
 }
 
+// Tasks per thread at least: small inputs run on the calling thread (waking the pool costs more
+// than the work; the result does not depend on it).
+int64_t grain(int64_t elements_per_task) {
+  constexpr int64_t kMinElementsPerThread = int64_t(1) << 16;
+  return std::max<int64_t>(1, kMinElementsPerThread / std::max<int64_t>(elements_per_task, 1));
+}
+
 // Runs tasks(begin, end, partials, firsts) for the tasks of every thread's range (partials:
 // [ntask, width] in acc_t, zeroed; firsts: the first bad element of each task), then adds the
 // partials task by task, in double, into row out_row(task) of out ([*, width]). Returns the first
 // bad element in task order.
 template <typename acc_t, typename Tasks, typename OutRow>
-int64_t run_sums(int64_t ntask, int64_t width, Tasks&& tasks, OutRow&& out_row, double* out) {
+int64_t run_sums(int64_t ntask, int64_t width, int64_t grain_size, Tasks&& tasks, OutRow&& out_row, double* out) {
   std::vector<acc_t> partial(static_cast<size_t>(ntask * width), acc_t(0));
   std::vector<int64_t> bad(static_cast<size_t>(ntask), cpu::kNoBad);
-  at::parallel_for(0, ntask, 1, [&](int64_t begin, int64_t end) { tasks(begin, end, partial.data(), bad.data()); });
+  at::parallel_for(0, ntask, grain_size,
+                   [&](int64_t begin, int64_t end) { tasks(begin, end, partial.data(), bad.data()); });
   for (int64_t task = 0; task < ntask; ++task) {
     double* o = out + out_row(task) * width;
     const acc_t* pt = partial.data() + task * width;
@@ -120,7 +128,7 @@ template <typename acc_t>
 int64_t label_sums(const cpu::LabelArgs& a, double* out /* [B, 4, K] */) {
   const int64_t nchunk = cpu::num_chunks(a.S), width = kLabelRows * a.K;
   return run_sums<acc_t>(
-      a.B * nchunk, width,
+      a.B * nchunk, width, grain(std::min(a.S, cpu::kChunk) * a.C),
       [&](int64_t begin, int64_t end, acc_t* partial, int64_t* bad) {
         cpu::LabelTile<acc_t> tile(a.C);
         for (int64_t task = begin; task < end; ++task) {
@@ -159,7 +167,8 @@ at::Tensor dice_backward_cpu(const at::Tensor& x, const at::Tensor& y, const c10
   auto run = [&](auto zero) {
     using acc_t = decltype(zero);
     const acc_t* c = coef.const_data_ptr<acc_t>();
-    at::parallel_for(0, a.B * nchunk, 1, [&](int64_t begin, int64_t end) {
+    const int64_t grain_size = grain(std::min(a.S, cpu::kChunk) * a.C);
+    at::parallel_for(0, a.B * nchunk, grain_size, [&](int64_t begin, int64_t end) {
       cpu::LabelTile<acc_t> tile(a.C);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / nchunk, v0 = (task % nchunk) * cpu::kChunk;
@@ -179,7 +188,7 @@ template <typename acc_t>
 int64_t sigmoid_sums(const cpu::SigmoidArgs& a, double* out /* [B, C, 6] */) {
   const int64_t nchunk = cpu::num_chunks(a.S), width = kSigmoidRows;
   return run_sums<acc_t>(
-      a.B * a.C * nchunk, width,
+      a.B * a.C * nchunk, width, grain(std::min(a.S, cpu::kChunk)),
       [&](int64_t begin, int64_t end, acc_t* partial, int64_t* bad) {
         for (int64_t task = begin; task < end; ++task) {
           const int64_t row = task / nchunk, v0 = (task % nchunk) * cpu::kChunk;
@@ -217,7 +226,8 @@ at::Tensor dice_sigmoid_backward_cpu(const at::Tensor& x, const at::Tensor& t, c
   auto run = [&](auto zero) {
     using acc_t = decltype(zero);
     const acc_t* c = coef.const_data_ptr<acc_t>();
-    at::parallel_for(0, a.B * a.C * nchunk, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, a.B * a.C * nchunk, grain(std::min(a.S, cpu::kChunk)),
+                     [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t row = task / nchunk, v0 = (task % nchunk) * cpu::kChunk;
         cpu::sigmoid_backward_chunk<acc_t>(a, row / a.C, row % a.C, v0, std::min(a.S, v0 + cpu::kChunk), c, gv);

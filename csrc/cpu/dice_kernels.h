@@ -81,7 +81,7 @@ void label_backward_chunk(const LabelArgs& a, LabelTile<acc_t>& tile, int64_t b,
                           const acc_t* coef, const OutView& g);
 
 // ---------------------------------------------------------------------------------------------
-// Multi-label sigmoid: x [B, C, S] logits, t [B, C, S] targets in [0, 1] (bool, uint8 or float),
+// Multi-label sigmoid: x [B, C, S] logits, t [B, C, S] targets in [0, 1] (bool, integer or float),
 // optional mask [B, C or 1, S]. Each channel is its own binary problem.
 // ---------------------------------------------------------------------------------------------
 struct SigmoidArgs {

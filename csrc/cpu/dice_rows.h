@@ -69,7 +69,7 @@ SEGLOSSES_ALWAYS_INLINE void load_row_as(acc_t* dst, const void* base, int64_t s
   }
 }
 
-// dst[0, n) = the row's values as acc_t, dst[n, kTile) = 0. Floating point, bool or uint8 inputs.
+// dst[0, n) = the row's values as acc_t, dst[n, kTile) = 0 (any element type).
 template <typename acc_t>
 SEGLOSSES_ALWAYS_INLINE void load_row(acc_t* dst, const void* base, Elem elem, int64_t sv, int64_t n) {
   switch (elem) {
@@ -88,8 +88,29 @@ SEGLOSSES_ALWAYS_INLINE void load_row(acc_t* dst, const void* base, Elem elem, i
     case Elem::kBool:
       load_row_as<bool>(dst, base, sv, n);
       break;
-    default:  // kU8 (the host admits no other target type)
+    case Elem::kU8:
       load_row_as<uint8_t>(dst, base, sv, n);
+      break;
+    case Elem::kI8:
+      load_row_as<int8_t>(dst, base, sv, n);
+      break;
+    case Elem::kU16:
+      load_row_as<uint16_t>(dst, base, sv, n);
+      break;
+    case Elem::kI16:
+      load_row_as<int16_t>(dst, base, sv, n);
+      break;
+    case Elem::kU32:
+      load_row_as<uint32_t>(dst, base, sv, n);
+      break;
+    case Elem::kI32:
+      load_row_as<int32_t>(dst, base, sv, n);
+      break;
+    case Elem::kU64:
+      load_row_as<uint64_t>(dst, base, sv, n);
+      break;
+    case Elem::kI64:
+      load_row_as<int64_t>(dst, base, sv, n);
       break;
   }
 #pragma omp simd

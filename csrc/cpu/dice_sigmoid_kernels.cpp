@@ -1,5 +1,5 @@
 // CPU kernels of the multi-label sigmoid Dice family: each channel c of x is its own binary
-// problem, s = sigmoid(x_c) against a target t of x's shape (bool, uint8 or float in [0, 1], read
+// problem, s = sigmoid(x_c) against a target t of x's shape (bool, integer or float in [0, 1], read
 // in place). Per chunk of one (sample, channel) row: the sums I = sum s t, P = sum s^p,
 // T = sum t^p, the cross-entropy halves Lpos = sum t softplus(-x), Lneg = sum (1-t) softplus(x)
 // and the count N; and the elementwise backward pass. Called by csrc/cpu/dice_cpu.cpp; same

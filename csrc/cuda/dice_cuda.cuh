@@ -106,12 +106,19 @@ __device__ __forceinline__ bool read_mask(const void* m, Elem e, int64_t offset)
   }
 }
 
-// A multi-label target (bool, uint8 or floating point) as acc_t.
+// A multi-label target (bool, integer or floating point) as acc_t.
 template <typename acc_t>
 __device__ __forceinline__ acc_t read_target(const void* t, Elem e, int64_t offset) {
   switch (e) {
     case Elem::kBool: return load_as<bool>(t, offset) ? acc_t(1) : acc_t(0);
     case Elem::kU8: return static_cast<acc_t>(load_as<uint8_t>(t, offset));
+    case Elem::kI8: return static_cast<acc_t>(load_as<int8_t>(t, offset));
+    case Elem::kU16: return static_cast<acc_t>(load_as<uint16_t>(t, offset));
+    case Elem::kI16: return static_cast<acc_t>(load_as<int16_t>(t, offset));
+    case Elem::kU32: return static_cast<acc_t>(load_as<uint32_t>(t, offset));
+    case Elem::kI32: return static_cast<acc_t>(load_as<int32_t>(t, offset));
+    case Elem::kU64: return static_cast<acc_t>(load_as<uint64_t>(t, offset));
+    case Elem::kI64: return static_cast<acc_t>(load_as<int64_t>(t, offset));
     case Elem::kF16: return static_cast<acc_t>(static_cast<float>(load_as<c10::Half>(t, offset)));
     case Elem::kBF16: return static_cast<acc_t>(static_cast<float>(load_as<c10::BFloat16>(t, offset)));
     case Elem::kF32: return static_cast<acc_t>(load_as<float>(t, offset));

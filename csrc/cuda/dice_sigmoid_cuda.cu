@@ -1,5 +1,5 @@
 // CUDA kernels of the multi-label sigmoid Dice family: each channel c is its own binary problem,
-// s = sigmoid(x_c) against a target t of x's shape (bool, uint8 or float in [0, 1], read in
+// s = sigmoid(x_c) against a target t of x's shape (bool, integer or float in [0, 1], read in
 // place). Per-element arithmetic from csrc/dice_math.h, shared with the CPU kernels.
 //
 // dice_sigmoid_sums: partial kernel over (row = (sample, channel)) x voxel-block pairs, the six
