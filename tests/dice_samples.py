@@ -2,9 +2,9 @@
 ``seglosses::dice_sigmoid_sums``, with their backward ops), shared by the CPU and the CUDA tests.
 
 ``sample_inputs(device)`` gives the small cases (fast on a 2-core CPU; compared with the
-float64 reference there). ``sample_inputs(device, big=True)`` adds the cases that only make sense
-on a GPU (millions of voxels, 70,000 samples, 300 classes on big volumes, fp16 [2, 40, 256^3]);
-the CUDA tests compare those with the CPU kernels. The cases cover, sparsely rather than as a full
+float64 reference there). ``big_samples()`` lists the cases that only make sense on a GPU
+(millions of voxels, 70,000 samples, 300 classes on big volumes, fp16 [2, 40, 256^3]) as lazy
+builders; the CUDA tests compare those with the CPU kernels. The cases cover, sparsely rather than as a full
 product: every logit dtype, C in {1, 2, 3, 8, 9, 40, 41, 300}, p in {1, 2, 3, 5}, every label
 dtype, ignore_label -1 / 255 / 0, y as [B, *] and [B, 1, *], 1-D / 2-D / 3-D, S in {1, 255, 1025,
 2^20 + 17, 3 * 2^20 + 5}, masks, the cross-entropy rows, and the layouts contiguous,
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -76,59 +76,64 @@ class Sample:
         return dataclasses.replace(self, x=mv(self.x), y=mv(self.y), mask=mv(self.mask))
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def _gen(seed: int, device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
 
 
-def _logits(shape, dtype, seed, layout="contiguous", scale=3.0) -> torch.Tensor:
-    """x of `shape` (float64 values rounded to dtype) in the given memory layout."""
-    g = _gen(seed)
+def _randn(shape, g, dtype):
+    """Standard normal values rounded to dtype (drawn in float32 unless dtype is float64)."""
+    draw = torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.randn(shape, generator=g, dtype=draw, device=g.device).to(dtype)
+
+
+def _logits(device, shape, dtype, seed, layout="contiguous", scale=3.0) -> torch.Tensor:
+    """x of `shape` in the given memory layout."""
+    g = _gen(seed, device)
     B, C, spatial = shape[0], shape[1], tuple(shape[2:])
     if layout == "slice":  # channels [1, 1 + C) of a NaN-padded [B, C + 3, *] tensor
-        big = torch.full((B, C + 3) + spatial, float("nan"), dtype=dtype)
-        big[:, 1:1 + C] = (torch.randn((B, C) + spatial, generator=g, dtype=torch.float64) * scale).to(dtype)
+        big = torch.full((B, C + 3) + spatial, float("nan"), dtype=dtype, device=device)
+        big[:, 1:1 + C] = _randn((B, C) + spatial, g, dtype) * scale
         return big[:, 1:1 + C]
     if layout == "transposed":  # the last two spatial dims swapped in memory
-        t = (torch.randn((B, C) + spatial[:-2] + (spatial[-1], spatial[-2]), generator=g, dtype=torch.float64)
-             * scale).to(dtype)
+        t = _randn((B, C) + spatial[:-2] + (spatial[-1], spatial[-2]), g, dtype) * scale
         return t.transpose(-1, -2)
     if layout == "expanded":  # one sample expanded over the batch (stride 0)
-        t = (torch.randn((1, C) + spatial, generator=g, dtype=torch.float64) * scale).to(dtype)
+        t = _randn((1, C) + spatial, g, dtype) * scale
         return t.expand((B, C) + spatial)
-    x = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+    x = _randn(shape, g, dtype) * scale
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
     return x
 
 
-def _labels(B, K, spatial, dtype, ignore_label, seed, with_channel=False, bad_frac=0.0) -> torch.Tensor:
+def _labels(device, B, K, spatial, dtype, ignore_label, seed, with_channel=False, bad_frac=0.0) -> torch.Tensor:
     """Labels in [0, K) with ~20 % ignore_label (when the dtype holds it) and every class present
     where the volume allows; with bad_frac, some labels outside [0, K)."""
-    g = _gen(seed)
+    g = _gen(seed, device)
     n = math.prod(spatial)
-    y = torch.randint(0, K, (B, n), generator=g)
-    y[:, :min(K, n)] = torch.arange(min(K, n))
+    y = torch.randint(0, K, (B, n), generator=g, device=device)
+    y[:, :min(K, n)] = torch.arange(min(K, n), device=device)
     info = torch.iinfo(dtype)
     if info.min <= ignore_label <= info.max:
-        y[torch.rand(B, n, generator=g) < 0.2] = ignore_label
-        y[:, :min(K, n)] = torch.arange(min(K, n))
+        y[torch.rand(B, n, generator=g, device=device) < 0.2] = ignore_label
+        y[:, :min(K, n)] = torch.arange(min(K, n), device=device)
     if bad_frac:
-        bad = torch.rand(B, n, generator=g) < bad_frac
+        bad = torch.rand(B, n, generator=g, device=device) < bad_frac
         y[bad] = min(K + 3, info.max)
     y = y.reshape((B,) + tuple(spatial)).to(dtype)
     return y.unsqueeze(1) if with_channel else y
 
 
-def _mask(shape, seed, dtype=torch.bool) -> torch.Tensor:
-    m = torch.rand(shape, generator=_gen(seed)) > 0.25
+def _mask(device, shape, seed, dtype=torch.bool) -> torch.Tensor:
+    m = torch.rand(shape, generator=_gen(seed, device), device=device) > 0.25
     return m.to(dtype)
 
 
-def _targets(shape, dtype, seed) -> torch.Tensor:
-    g = _gen(seed)
+def _targets(device, shape, dtype, seed) -> torch.Tensor:
+    g = _gen(seed, device)
     if dtype in (torch.bool, torch.uint8):
-        return (torch.rand(shape, generator=g) > 0.6).to(dtype)
-    return torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
+        return (torch.rand(shape, generator=g, device=device) > 0.6).to(dtype)
+    return torch.rand(shape, generator=g, dtype=torch.float64, device=device).to(dtype)
 
 
 def _spatial(S: int, ndim: int):
@@ -141,7 +146,7 @@ def _spatial(S: int, ndim: int):
     return (S,) + (1,) * (ndim - 1)
 
 
-def label_samples(big: bool = False) -> List[Sample]:
+def label_samples(d="cpu") -> List[Sample]:
     out: List[Sample] = []
     # C sweep, with the other dimensions rotating.
     ignores = [-1, 255, 0]
@@ -153,57 +158,43 @@ def label_samples(big: bool = False) -> List[Sample]:
         S = [300, 255, 1025, 343][i % 4] if C < 300 else 64
         spatial = _spatial(S, ndim)
         ign = ignores[i % 3]
-        y = _labels(2, K, spatial, ldtype, ign, seed=100 + i, with_channel=bool(i % 2))
-        mask = _mask((2,) + spatial, seed=200 + i) if i % 3 == 1 else None
+        y = _labels(d, 2, K, spatial, ldtype, ign, seed=100 + i, with_channel=bool(i % 2))
+        mask = _mask(d, (2,) + spatial, seed=200 + i) if i % 3 == 1 else None
         out.append(Sample(f"C{C}-{str(dtype)[6:]}-{str(ldtype)[6:]}-{ndim}d", "dice_sums",
-                          _logits((2, C) + spatial, dtype, seed=i), y, mask, ign, p=[1, 2, 3, 5][i % 4],
+                          _logits(d, (2, C) + spatial, dtype, seed=i), y, mask, ign, p=[1, 2, 3, 5][i % 4],
                           with_ce=bool((i + 1) % 2)))
     # S sweep (1, 255, 1025 here; the GPU-sized ones below).
     for j, S in enumerate([1, 255, 1025]):
         spatial = _spatial(S, 2)
-        out.append(Sample(f"S{S}", "dice_sums", _logits((3, 3) + spatial, torch.float32, seed=20 + j),
-                          _labels(3, 3, spatial, torch.int64, 255, seed=30 + j), None, 255, p=2, with_ce=True))
+        out.append(Sample(f"S{S}", "dice_sums", _logits(d, (3, 3) + spatial, torch.float32, seed=20 + j),
+                          _labels(d, 3, 3, spatial, torch.int64, 255, seed=30 + j), None, 255, p=2, with_ce=True))
     # layouts of x (and y), 2-D and 3-D
     for j, layout in enumerate(["channels_last", "slice", "transposed", "expanded"]):
         spatial = (5, 6, 7) if j % 2 else (9, 11)
         C = 4 if j < 3 else 3
-        y = _labels(2, C, spatial, torch.int32, 255, seed=40 + j)
+        y = _labels(d, 2, C, spatial, torch.int32, 255, seed=40 + j)
         if layout == "transposed":
             y = y.transpose(-1, -2).contiguous().transpose(-1, -2)
         if layout == "expanded":
             y = y[:1].expand((2,) + spatial)
-        mask = _mask((2, 1) + spatial, seed=50 + j, dtype=torch.float32) if j % 2 == 0 else None
-        out.append(Sample(f"layout-{layout}", "dice_sums", _logits((2, C) + spatial, torch.float64, seed=60 + j, layout=layout),
+        mask = _mask(d, (2, 1) + spatial, seed=50 + j, dtype=torch.float32) if j % 2 == 0 else None
+        out.append(Sample(f"layout-{layout}", "dice_sums", _logits(d, (2, C) + spatial, torch.float64, seed=60 + j, layout=layout),
                           y, mask, 255, p=1 + j % 2, with_ce=True))
     # a mask broadcast over the batch, bad labels (validation off: they count nowhere)
-    out.append(Sample("mask-broadcast-batch", "dice_sums", _logits((3, 3, 8, 9), torch.float32, seed=70),
-                      _labels(3, 3, (8, 9), torch.uint8, 255, seed=71), _mask((1, 8, 9), seed=72, dtype=torch.uint8),
+    out.append(Sample("mask-broadcast-batch", "dice_sums", _logits(d, (3, 3, 8, 9), torch.float32, seed=70),
+                      _labels(d, 3, 3, (8, 9), torch.uint8, 255, seed=71), _mask(d, (1, 8, 9), seed=72, dtype=torch.uint8),
                       255, p=1, with_ce=True))
-    out.append(Sample("bad-labels", "dice_sums", _logits((2, 3, 40), torch.float32, seed=73),
-                      _labels(2, 3, (40,), torch.int16, -1, seed=74, bad_frac=0.1), None, -1, p=2, with_ce=True))
+    out.append(Sample("bad-labels", "dice_sums", _logits(d, (2, 3, 40), torch.float32, seed=73),
+                      _labels(d, 2, 3, (40,), torch.int16, -1, seed=74, bad_frac=0.1), None, -1, p=2, with_ce=True))
     # empty batch and empty volume
-    out.append(Sample("empty-B", "dice_sums", torch.randn(0, 3, 4, 5), torch.zeros(0, 4, 5, dtype=torch.long),
+    out.append(Sample("empty-B", "dice_sums", torch.randn(0, 3, 4, 5, device=d), torch.zeros(0, 4, 5, dtype=torch.long, device=d),
                       None, -1, 1, True))
-    out.append(Sample("empty-S", "dice_sums", torch.randn(2, 3, 0, 5), torch.zeros(2, 0, 5, dtype=torch.long),
+    out.append(Sample("empty-S", "dice_sums", torch.randn(2, 3, 0, 5, device=d), torch.zeros(2, 0, 5, dtype=torch.long, device=d),
                       None, -1, 1, True))
-    if big:
-        for j, S in enumerate([2**20 + 17, 3 * 2**20 + 5]):
-            spatial = _spatial(S, 3)
-            out.append(Sample(f"S{S}", "dice_sums", _logits((2, 3) + spatial, torch.float32, seed=80 + j),
-                              _labels(2, 3, spatial, torch.uint8, 255, seed=82 + j), _mask((2,) + spatial, seed=84 + j),
-                              255, p=2, with_ce=True))
-        out.append(Sample("C300-big", "dice_sums", _logits((2, 300, 64, 64, 16), torch.float16, seed=86),
-                          _labels(2, 300, (64, 64, 16), torch.int16, -1, seed=87), None, -1, p=1, with_ce=True))
-        out.append(Sample("C41-big-bf16", "dice_sums", _logits((2, 41, 33, 65, 129), torch.bfloat16, seed=88),
-                          _labels(2, 41, (33, 65, 129), torch.int32, 0, seed=89), None, 0, p=3, with_ce=True))
-        out.append(Sample("B70000", "dice_sums", _logits((70000, 2, 5), torch.float32, seed=90),
-                          _labels(70000, 2, (5,), torch.int64, 255, seed=91), None, 255, p=1, with_ce=True))
-        out.append(Sample("fp16-2x40x256^3", "dice_sums", _logits((2, 40, 256, 256, 256), torch.float16, seed=92),
-                          _labels(2, 40, (256, 256, 256), torch.uint8, 255, seed=93), None, 255, p=2, with_ce=False))
     return out
 
 
-def sigmoid_samples(big: bool = False) -> List[Sample]:
+def sigmoid_samples(d="cpu") -> List[Sample]:
     out: List[Sample] = []
     for i, C in enumerate([1, 3, 8]):
         for j, tdtype in enumerate(TARGET_DTYPES):
@@ -215,41 +206,69 @@ def sigmoid_samples(big: bool = False) -> List[Sample]:
             shape = (2, C) + spatial
             mask = None
             if k % 3 == 1:
-                mask = _mask((2, 1) + spatial, seed=300 + k)
+                mask = _mask(d, (2, 1) + spatial, seed=300 + k)
             elif k % 3 == 2:
-                mask = _mask(shape, seed=300 + k, dtype=torch.float16)
+                mask = _mask(d, shape, seed=300 + k, dtype=torch.float16)
             out.append(Sample(f"sigmoid-C{C}-{str(tdtype)[6:]}-{str(dtype)[6:]}", "dice_sigmoid_sums",
-                              _logits(shape, dtype, seed=310 + k), _targets(shape, tdtype, 320 + k), mask,
+                              _logits(d, shape, dtype, seed=310 + k), _targets(d, shape, tdtype, 320 + k), mask,
                               p=[1, 2, 3, 5][k % 4], with_ce=bool(k % 4 < 2)))
     for j, layout in enumerate(["channels_last", "slice", "transposed", "expanded"]):
         spatial = (5, 6, 7) if j % 2 else (9, 11)
         shape = (2, 3) + spatial
-        t = _targets(shape, torch.uint8, 330 + j)
+        t = _targets(d, shape, torch.uint8, 330 + j)
         if layout == "channels_last":
             t = t.contiguous(memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d)
         out.append(Sample(f"sigmoid-layout-{layout}", "dice_sigmoid_sums",
-                          _logits(shape, torch.float64, seed=340 + j, layout=layout), t,
-                          _mask((2, 1) + spatial, seed=350 + j) if j % 2 else None, p=1 + j % 2, with_ce=True))
-    bad = _targets((2, 2, 30), torch.float32, 360)
+                          _logits(d, shape, torch.float64, seed=340 + j, layout=layout), t,
+                          _mask(d, (2, 1) + spatial, seed=350 + j) if j % 2 else None, p=1 + j % 2, with_ce=True))
+    bad = _targets(d, (2, 2, 30), torch.float32, 360)
     bad[0, 1, 3] = 1.5
     bad[1, 0, 7] = float("nan")
-    out.append(Sample("sigmoid-bad-targets", "dice_sigmoid_sums", _logits((2, 2, 30), torch.float32, seed=361), bad,
+    out.append(Sample("sigmoid-bad-targets", "dice_sigmoid_sums", _logits(d, (2, 2, 30), torch.float32, seed=361), bad,
                       None, p=1, with_ce=True))
-    out.append(Sample("sigmoid-empty-B", "dice_sigmoid_sums", torch.randn(0, 2, 4, 5),
-                      torch.zeros(0, 2, 4, 5, dtype=torch.bool), None, 1, True))
-    out.append(Sample("sigmoid-empty-S", "dice_sigmoid_sums", torch.randn(2, 2, 0),
-                      torch.zeros(2, 2, 0, dtype=torch.bool), None, 1, True))
-    if big:
-        for j, S in enumerate([2**20 + 17, 3 * 2**20 + 5]):
-            spatial = _spatial(S, 3)
-            out.append(Sample(f"sigmoid-S{S}", "dice_sigmoid_sums", _logits((2, 3) + spatial, torch.float16, seed=370 + j),
-                              _targets((2, 3) + spatial, torch.uint8, 372 + j), _mask((2, 1) + spatial, seed=374 + j),
-                              p=2, with_ce=True))
-        out.append(Sample("sigmoid-B70000", "dice_sigmoid_sums", _logits((70000, 2, 5), torch.float32, seed=376),
-                          _targets((70000, 2, 5), torch.float32, 377), None, p=1, with_ce=True))
+    out.append(Sample("sigmoid-empty-B", "dice_sigmoid_sums", torch.randn(0, 2, 4, 5, device=d),
+                      torch.zeros(0, 2, 4, 5, dtype=torch.bool, device=d), None, 1, True))
+    out.append(Sample("sigmoid-empty-S", "dice_sigmoid_sums", torch.randn(2, 2, 0, device=d),
+                      torch.zeros(2, 2, 0, dtype=torch.bool, device=d), None, 1, True))
     return out
 
 
-def sample_inputs(device="cpu", big: bool = False) -> List[Sample]:
-    """Every sample of both ops on `device` (big: also the GPU-sized ones)."""
-    return [s.to(device) for s in label_samples(big) + sigmoid_samples(big)]
+def big_samples() -> List[Tuple[str, Callable[[str], Sample]]]:
+    """The GPU-sized samples, as (name, build(device)): built only when a test runs them, on the
+    device (the CUDA tests copy them to the CPU for the comparison)."""
+    specs: List[Tuple[str, Callable[[str], Sample]]] = []
+    for j, S in enumerate([2**20 + 17, 3 * 2**20 + 5]):
+        spatial = _spatial(S, 3)
+        specs.append((f"S{S}", lambda d, j=j, S=S, spatial=spatial: Sample(
+            f"S{S}", "dice_sums", _logits(d, (2, 3) + spatial, torch.float32, seed=80 + j),
+            _labels(d, 2, 3, spatial, torch.uint8, 255, seed=82 + j), _mask(d, (2,) + spatial, seed=84 + j),
+            255, p=2, with_ce=True)))
+        specs.append((f"sigmoid-S{S}", lambda d, j=j, S=S, spatial=spatial: Sample(
+            f"sigmoid-S{S}", "dice_sigmoid_sums", _logits(d, (2, 3) + spatial, torch.float16, seed=370 + j),
+            _targets(d, (2, 3) + spatial, torch.uint8, 372 + j), _mask(d, (2, 1) + spatial, seed=374 + j),
+            p=2, with_ce=True)))
+    specs += [
+        ("C300-big", lambda d: Sample("C300-big", "dice_sums", _logits(d, (2, 300, 64, 64, 16), torch.float16, seed=86),
+                                      _labels(d, 2, 300, (64, 64, 16), torch.int16, -1, seed=87), None, -1, p=1,
+                                      with_ce=True)),
+        ("C41-big-bf16", lambda d: Sample("C41-big-bf16", "dice_sums",
+                                          _logits(d, (2, 41, 33, 65, 129), torch.bfloat16, seed=88),
+                                          _labels(d, 2, 41, (33, 65, 129), torch.int32, 0, seed=89), None, 0, p=3,
+                                          with_ce=True)),
+        ("B70000", lambda d: Sample("B70000", "dice_sums", _logits(d, (70000, 2, 5), torch.float32, seed=90),
+                                    _labels(d, 70000, 2, (5,), torch.int64, 255, seed=91), None, 255, p=1,
+                                    with_ce=True)),
+        ("sigmoid-B70000", lambda d: Sample("sigmoid-B70000", "dice_sigmoid_sums",
+                                            _logits(d, (70000, 2, 5), torch.float32, seed=376),
+                                            _targets(d, (70000, 2, 5), torch.float32, 377), None, p=1, with_ce=True)),
+        ("fp16-2x40x256^3", lambda d: Sample("fp16-2x40x256^3", "dice_sums",
+                                             _logits(d, (2, 40, 256, 256, 256), torch.float16, seed=92),
+                                             _labels(d, 2, 40, (256, 256, 256), torch.uint8, 255, seed=93), None, 255,
+                                             p=2, with_ce=False)),
+    ]
+    return specs
+
+
+def sample_inputs(device="cpu") -> List[Sample]:
+    """The small samples of both ops, built on `device` (fast on a 2-core CPU)."""
+    return label_samples(device) + sigmoid_samples(device)
