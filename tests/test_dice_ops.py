@@ -236,3 +236,29 @@ def test_power_is_exact_for_large_p():
     ref = sums_ref(x, y, -1, 1000)["P"]
     torch.testing.assert_close(out[:, 1], ref, rtol=1e-12, atol=1e-300)
     torch.testing.assert_close(SF.dice_loss(x, y, p=1000), dice_loss_ref(x, y, p=1000), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("op", ["dice_sums", "dice_sigmoid_sums"])
+def test_half_conversions_are_bitwise_torchs(dtype, op):
+    """The kernels read float16 / bfloat16 and write their gradients bit for bit as torch converts
+    (round to nearest even): every finite 16-bit pattern as a logit gives the sums of x.float(),
+    and the gradient is the float32 gradient rounded by torch."""
+    every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    finite = every[torch.isfinite(every.float())]
+    x16 = finite[: finite.numel() // 4 * 4].reshape(2, 2, -1)
+    x32 = x16.float()
+    if op == "dice_sums":
+        y = torch.randint(0, 2, (2, x16.shape[-1]), generator=torch.Generator().manual_seed(0))
+        sums = lambda x: torch.ops.seglosses.dice_sums(x, y, None, -1, 2, True, True, "t")  # noqa: E731
+        backward = lambda x, G: torch.ops.seglosses.dice_backward(x, y, None, G, -1, 2)  # noqa: E731
+        rows = 4
+    else:
+        t = torch.rand(x16.shape, generator=torch.Generator().manual_seed(0))
+        sums = lambda x: torch.ops.seglosses.dice_sigmoid_sums(x, t, None, 2, True, True, "t")  # noqa: E731
+        backward = lambda x, G: torch.ops.seglosses.dice_sigmoid_backward(x, t, None, G, 2)  # noqa: E731
+        rows = 6
+    assert torch.equal(sums(x16), sums(x32))
+    for scale in (1e-6, 1.0, 1e4):  # gradients from subnormal to large
+        G = torch.randn(2, rows, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * scale
+        assert torch.equal(backward(x16, G), backward(x32, G).to(dtype))

@@ -27,7 +27,7 @@ namespace {
 template <typename acc_t>
 SEGLOSSES_ALWAYS_INLINE int64_t load_tile(const LabelArgs& a, LabelTile<acc_t>& tl, int64_t b, int64_t v0,
                                           int64_t n) {
-  for (int64_t c = 0; c < a.C; ++c) load_row(tl.x.data() + c * kTile, at(a.x, b, c, v0), a.x.elem, a.x.sv, n);
+  for (int64_t c = 0; c < a.C; ++c) load_logit_row(tl.x.data() + c * kTile, at(a.x, b, c, v0), a.x.elem, a.x.sv, n);
   classify_row(tl.cls, at(a.y, b, 0, v0), a.y.elem, a.y.sv, n, a.K, a.ignore_label);
   if (a.mask.data != nullptr) {
     alignas(64) int32_t keep[kTile];

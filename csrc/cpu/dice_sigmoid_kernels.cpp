@@ -31,8 +31,8 @@ struct SigmoidTile {
 template <typename acc_t>
 SEGLOSSES_ALWAYS_INLINE int64_t load_tile(const SigmoidArgs& a, SigmoidTile<acc_t>& tl, int64_t b, int64_t c,
                                           int64_t v0, int64_t n) {
-  load_row(tl.x, at(a.x, b, c, v0), a.x.elem, a.x.sv, n);
-  load_row(tl.t, at(a.t, b, c, v0), a.t.elem, a.t.sv, n);
+  load_logit_row(tl.x, at(a.x, b, c, v0), a.x.elem, a.x.sv, n);
+  load_target_row(tl.t, at(a.t, b, c, v0), a.t.elem, a.t.sv, n);
 #pragma omp simd
   for (int64_t i = 0; i < kTile; ++i) tl.valid[i] = i < n;
   if (a.mask.data != nullptr) {
