@@ -8,7 +8,9 @@
 // function; the checks here are the backstop for direct calls of the ops and name the op.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 
 #include <sstream>
 #include <string>

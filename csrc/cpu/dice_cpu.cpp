@@ -10,7 +10,6 @@
 // Label validation is free here (the kernels classify every label anyway): with validate, the
 // first bad label (in sample, voxel order) raises an error that names it; without, bad labels
 // count nowhere, exactly as on CUDA.
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
