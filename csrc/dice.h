@@ -167,6 +167,49 @@ inline at::Tensor check_sigmoid_mask(const char* op, const at::Tensor& mask, con
   return expand_mask(op, mask, x.sizes(), x, "[B, C, *spatial] or [B, 1, *spatial]");
 }
 
+// The checked tensors of a label-map op and their [B, C, S] / [B, S] layouts: y viewed as
+// [B, *spatial], the mask (optional; undefined if absent) expanded to it. A tensor whose spatial
+// dims do not collapse is made contiguous here; the struct keeps the data alive.
+struct LabelTensors {
+  at::Tensor x, y, mask;
+  Layout lx, ly, lm;
+};
+
+inline LabelTensors label_tensors(const char* op, const at::Tensor& x, const at::Tensor& y,
+                                  const c10::optional<at::Tensor>& mask, int64_t p) {
+  LabelTensors in;
+  in.y = check_label_inputs(op, x, y, p);
+  in.x = x;
+  in.lx = strided_layout(in.x, true);
+  in.ly = strided_layout(in.y, false);
+  if (mask.has_value()) {
+    in.mask = check_label_mask(op, *mask, x);
+    in.lm = strided_layout(in.mask, false);
+  }
+  return in;
+}
+
+// The same for a multi-label op: t of x's shape, the mask expanded to [B, C, *spatial].
+struct SigmoidTensors {
+  at::Tensor x, t, mask;
+  Layout lx, lt, lm;
+};
+
+inline SigmoidTensors sigmoid_tensors(const char* op, const at::Tensor& x, const at::Tensor& t,
+                                      const c10::optional<at::Tensor>& mask, int64_t p) {
+  check_sigmoid_inputs(op, x, t, p);
+  SigmoidTensors in;
+  in.x = x;
+  in.t = t;
+  in.lx = strided_layout(in.x, true);
+  in.lt = strided_layout(in.t, true);
+  if (mask.has_value()) {
+    in.mask = check_sigmoid_mask(op, *mask, x);
+    in.lm = strided_layout(in.mask, true);
+  }
+  return in;
+}
+
 // The gradient of the loss with respect to a [B, rows, K] sums table, in the accumulation dtype
 // and contiguous, with row P multiplied by p (dLoss/ds carries the p of d(s^p)/ds).
 inline at::Tensor check_grad_sums(const char* op, const at::Tensor& grad, const at::Tensor& x, int64_t rows,

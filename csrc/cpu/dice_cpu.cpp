@@ -42,55 +42,42 @@ void check_cpu(const char* op, const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be on the device of the other tensors (cpu), got ", x.device());
 }
 
-// The inputs of a label-map op, checked and viewed as [B, C, S] / [B, S]; the tensors keep the
-// (possibly made contiguous) data alive.
+// The kernel arguments of a label-map op; `tensors` keeps the data alive.
 struct LabelInputs {
-  at::Tensor x, y, mask;
+  LabelTensors tensors;
   cpu::LabelArgs args;
 };
 
-LabelInputs label_inputs(const char* op, const at::Tensor& x_in, const at::Tensor& y_in,
-                         const c10::optional<at::Tensor>& mask_in, int64_t ignore_label, int64_t p) {
-  check_cpu(op, x_in);
-  LabelInputs in;
-  in.y = check_label_inputs(op, x_in, y_in, p);
-  in.x = x_in;
-  const Layout lx = strided_layout(in.x, true);
-  const Layout ly = strided_layout(in.y, false);
+LabelInputs label_inputs(const char* op, const at::Tensor& x, const at::Tensor& y,
+                         const c10::optional<at::Tensor>& mask, int64_t ignore_label, int64_t p) {
+  check_cpu(op, x);
+  LabelInputs in{label_tensors(op, x, y, mask, p), {}};
+  const LabelTensors& t = in.tensors;
   cpu::LabelArgs& a = in.args;
-  a.x = view_of(in.x, lx);
-  a.y = view_of(in.y, ly);
-  if (mask_in.has_value()) {
-    in.mask = check_label_mask(op, *mask_in, x_in);
-    a.mask = view_of(in.mask, strided_layout(in.mask, false));
-  }
-  a.B = lx.B, a.C = lx.C, a.K = num_classes_from_c(lx.C), a.S = lx.S;
+  a.x = view_of(t.x, t.lx);
+  a.y = view_of(t.y, t.ly);
+  if (t.mask.defined()) a.mask = view_of(t.mask, t.lm);
+  a.B = t.lx.B, a.C = t.lx.C, a.K = num_classes_from_c(t.lx.C), a.S = t.lx.S;
   a.ignore_label = ignore_label;
   a.p = static_cast<int>(p);
   return in;
 }
 
 struct SigmoidInputs {
-  at::Tensor x, t, mask;
+  SigmoidTensors tensors;
   cpu::SigmoidArgs args;
 };
 
-SigmoidInputs sigmoid_inputs(const char* op, const at::Tensor& x_in, const at::Tensor& t_in,
-                             const c10::optional<at::Tensor>& mask_in, int64_t p) {
-  check_cpu(op, x_in);
-  check_sigmoid_inputs(op, x_in, t_in, p);
-  SigmoidInputs in;
-  in.x = x_in;
-  in.t = t_in;
-  const Layout lx = strided_layout(in.x, true);
+SigmoidInputs sigmoid_inputs(const char* op, const at::Tensor& x, const at::Tensor& t_in,
+                             const c10::optional<at::Tensor>& mask, int64_t p) {
+  check_cpu(op, x);
+  SigmoidInputs in{sigmoid_tensors(op, x, t_in, mask, p), {}};
+  const SigmoidTensors& t = in.tensors;
   cpu::SigmoidArgs& a = in.args;
-  a.x = view_of(in.x, lx);
-  a.t = view_of(in.t, strided_layout(in.t, true));
-  if (mask_in.has_value()) {
-    in.mask = check_sigmoid_mask(op, *mask_in, x_in);
-    a.mask = view_of(in.mask, strided_layout(in.mask, true));
-  }
-  a.B = lx.B, a.C = lx.C, a.S = lx.S;
+  a.x = view_of(t.x, t.lx);
+  a.t = view_of(t.t, t.lt);
+  if (t.mask.defined()) a.mask = view_of(t.mask, t.lm);
+  a.B = t.lx.B, a.C = t.lx.C, a.S = t.lx.S;
   a.p = static_cast<int>(p);
   return in;
 }
@@ -149,7 +136,7 @@ at::Tensor dice_sums_cpu(const at::Tensor& x, const at::Tensor& y, const c10::op
     const int64_t bad = x.scalar_type() == at::kDouble ? label_sums<double>(a, out64.mutable_data_ptr<double>())
                                                        : label_sums<float>(a, out64.mutable_data_ptr<double>());
     TORCH_CHECK_VALUE(!validate || bad == cpu::kNoBad,
-                      bad_label_message(std::string(api), in.y, bad, a.K, ignore_label));
+                      bad_label_message(std::string(api), in.tensors.y, bad, a.K, ignore_label));
   }
   return out64;
 }
@@ -208,7 +195,7 @@ at::Tensor dice_sigmoid_sums_cpu(const at::Tensor& x, const at::Tensor& t, const
   if (a.B > 0 && a.C > 0 && a.S > 0) {
     const int64_t bad = x.scalar_type() == at::kDouble ? sigmoid_sums<double>(a, rows64.mutable_data_ptr<double>())
                                                        : sigmoid_sums<float>(a, rows64.mutable_data_ptr<double>());
-    TORCH_CHECK_VALUE(!validate || bad == cpu::kNoBad, bad_target_message(std::string(api), in.t, bad));
+    TORCH_CHECK_VALUE(!validate || bad == cpu::kNoBad, bad_target_message(std::string(api), in.tensors.t, bad));
   }
   return out.copy_(rows64.transpose(1, 2));
 }

@@ -210,26 +210,21 @@ __global__ void __launch_bounds__(kThreads) label_backward_kernel(const scalar_t
   }
 }
 
-// Checked inputs of a label-map op; the tensors keep the (possibly made contiguous) data alive.
+// The kernel arguments of a label-map op; `tensors` keeps the data alive.
 struct LabelInputs {
-  at::Tensor x, y, mask;
+  LabelTensors tensors;
   LabelKernelArgs args;
 };
 
 LabelInputs label_inputs(const char* op, const at::Tensor& x, const at::Tensor& y,
                          const c10::optional<at::Tensor>& mask, int64_t ignore_label, int64_t p) {
-  check_cuda(op, x);
-  LabelInputs in;
-  in.y = check_label_inputs(op, x, y, p);
-  in.x = x;
+  LabelInputs in{label_tensors(op, x, y, mask, p), {}};
+  const LabelTensors& t = in.tensors;
   LabelKernelArgs& a = in.args;
-  a.lx = strided_layout(in.x, true);
-  a.y = input_of(in.y, false);
-  if (mask.has_value()) {
-    in.mask = check_label_mask(op, *mask, x);
-    a.mask = input_of(in.mask, false);
-  }
-  a.K = num_classes_from_c(a.lx.C);
+  a.lx = t.lx;
+  a.y = input_of(t.y, t.ly);
+  a.mask = input_of(t.mask, t.lm);
+  a.K = num_classes_from_c(t.lx.C);
   a.ignore_label = ignore_label;
   a.p = static_cast<int>(p);
   return in;
@@ -244,21 +239,21 @@ at::Tensor dice_sums_cuda(const at::Tensor& x_in, const at::Tensor& y_in, const 
   a.with_ce = with_ce;
   const Layout& lx = a.lx;
   const int64_t K = a.K;
-  at::Tensor out = at::zeros({lx.B, kLabelRows, K}, in.x.options().dtype(at::kDouble));
+  at::Tensor out = at::zeros({lx.B, kLabelRows, K}, in.tensors.x.options().dtype(at::kDouble));
   if (lx.B == 0 || lx.S == 0) return out;
   const int64_t ntile = ceil_div(K, kClassTile);
   TORCH_CHECK_VALUE(ntile <= 65535, "dice_sums: at most ", 65535 * kClassTile, " classes on CUDA, got ", K);
-  at::Tensor bad = validate ? new_bad_report(in.x) : at::Tensor();
+  at::Tensor bad = validate ? new_bad_report(in.tensors.x) : at::Tensor();
   long long* bad_ptr = validate ? reinterpret_cast<long long*>(bad.mutable_data_ptr<int64_t>()) : nullptr;
-  const auto acc_type = acc_dtype(in.x);
+  const auto acc_type = acc_dtype(in.tensors.x);
   const bool with_stats = lx.C > kClassTile;
-  at::Tensor stats = with_stats ? at::empty({lx.B * lx.S, 2}, in.x.options().dtype(acc_type)) : at::Tensor();
+  at::Tensor stats = with_stats ? at::empty({lx.B * lx.S, 2}, in.tensors.x.options().dtype(acc_type)) : at::Tensor();
   const int64_t nblk = blocks_per_row(lx.S, lx.B * ntile);
-  at::Tensor partial = at::empty({lx.B, nblk, kLabelRows, K}, in.x.options().dtype(acc_type));
+  at::Tensor partial = at::empty({lx.B, nblk, kLabelRows, K}, in.tensors.x.options().dtype(acc_type));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "dice_sums_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.tensors.x.scalar_type(), "dice_sums_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
+    const scalar_t* xp = in.tensors.x.const_data_ptr<scalar_t>();
     SoftmaxStats<acc_t>* st = nullptr;
     if (with_stats) {
       st = reinterpret_cast<SoftmaxStats<acc_t>*>(stats.mutable_data_ptr<acc_t>());
@@ -277,7 +272,7 @@ at::Tensor dice_sums_cuda(const at::Tensor& x_in, const at::Tensor& y_in, const 
   });
   if (validate) {
     const int64_t index = read_bad_report(bad);  // the one host sync, only with validation
-    TORCH_CHECK_VALUE(index < 0, bad_label_message(std::string(api), in.y, index, K, ignore_label));
+    TORCH_CHECK_VALUE(index < 0, bad_label_message(std::string(api), in.tensors.y, index, K, ignore_label));
   }
   return out;
 }
@@ -288,15 +283,15 @@ at::Tensor dice_backward_cuda(const at::Tensor& x_in, const at::Tensor& y_in, co
   const c10::cuda::CUDAGuard guard(x_in.device());
   LabelInputs in = label_inputs("dice_backward", x_in, y_in, mask, ignore_label, p);
   const LabelKernelArgs& a = in.args;
-  const at::Tensor coef = check_grad_sums("dice_backward", grad_sums, in.x, kLabelRows, a.K, p);
-  at::Tensor g = empty_grad(in.x);
+  const at::Tensor coef = check_grad_sums("dice_backward", grad_sums, in.tensors.x, kLabelRows, a.K, p);
+  at::Tensor g = empty_grad(in.tensors.x);
   const Layout lg = strided_layout(g, true);
   if (a.lx.B == 0 || a.lx.S == 0) return g.zero_();
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "dice_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.tensors.x.scalar_type(), "dice_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     label_backward_kernel<scalar_t><<<grid_for(a.lx.B * a.lx.S), kThreads, 0, stream>>>(
-        in.x.const_data_ptr<scalar_t>(), a, coef.const_data_ptr<acc_t>(), g.mutable_data_ptr<scalar_t>(), lg);
+        in.tensors.x.const_data_ptr<scalar_t>(), a, coef.const_data_ptr<acc_t>(), g.mutable_data_ptr<scalar_t>(), lg);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return g;

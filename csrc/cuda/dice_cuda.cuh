@@ -133,9 +133,10 @@ struct Input {
   Layout l;
 };
 
-inline Input input_of(at::Tensor& t, bool has_channel) {
+inline Input input_of(const at::Tensor& t, const Layout& l) {
   Input in;
-  in.l = strided_layout(t, has_channel);
+  if (!t.defined()) return in;
+  in.l = l;
   in.data = t.const_data_ptr();
   in.elem = elem_of(t.scalar_type());
   return in;

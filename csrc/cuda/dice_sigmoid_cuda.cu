@@ -121,24 +121,20 @@ __global__ void __launch_bounds__(kThreads) sigmoid_backward_kernel(const scalar
   }
 }
 
+// The kernel arguments of a multi-label op; `tensors` keeps the data alive.
 struct SigmoidInputs {
-  at::Tensor x, t, mask;
+  SigmoidTensors tensors;
   SigmoidKernelArgs args;
 };
 
-SigmoidInputs sigmoid_inputs(const char* op, const at::Tensor& x, const at::Tensor& t,
+SigmoidInputs sigmoid_inputs(const char* op, const at::Tensor& x, const at::Tensor& t_in,
                              const c10::optional<at::Tensor>& mask, int64_t p) {
-  check_sigmoid_inputs(op, x, t, p);
-  SigmoidInputs in;
-  in.x = x;
-  in.t = t;
+  SigmoidInputs in{sigmoid_tensors(op, x, t_in, mask, p), {}};
+  const SigmoidTensors& t = in.tensors;
   SigmoidKernelArgs& a = in.args;
-  a.lx = strided_layout(in.x, true);
-  a.t = input_of(in.t, true);
-  if (mask.has_value()) {
-    in.mask = check_sigmoid_mask(op, *mask, x);
-    a.mask = input_of(in.mask, true);
-  }
+  a.lx = t.lx;
+  a.t = input_of(t.t, t.lt);
+  a.mask = input_of(t.mask, t.lm);
   a.p = static_cast<int>(p);
   return in;
 }
@@ -151,19 +147,19 @@ at::Tensor dice_sigmoid_sums_cuda(const at::Tensor& x_in, const at::Tensor& t_in
   SigmoidKernelArgs& a = in.args;
   a.with_ce = with_ce;
   const Layout& lx = a.lx;
-  at::Tensor out = at::zeros({lx.B, kSigmoidRows, lx.C}, in.x.options().dtype(at::kDouble));
+  at::Tensor out = at::zeros({lx.B, kSigmoidRows, lx.C}, in.tensors.x.options().dtype(at::kDouble));
   if (lx.B == 0 || lx.C == 0 || lx.S == 0) return out;
-  at::Tensor bad = validate ? new_bad_report(in.x) : at::Tensor();
+  at::Tensor bad = validate ? new_bad_report(in.tensors.x) : at::Tensor();
   long long* bad_ptr = validate ? reinterpret_cast<long long*>(bad.mutable_data_ptr<int64_t>()) : nullptr;
   const int64_t nrow = lx.B * lx.C;
   const int64_t nblk = blocks_per_row(lx.S, nrow);
-  at::Tensor partial = at::empty({nrow, nblk, kSigmoidRows}, in.x.options().dtype(acc_dtype(in.x)));
+  at::Tensor partial = at::empty({nrow, nblk, kSigmoidRows}, in.tensors.x.options().dtype(acc_dtype(in.tensors.x)));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "dice_sigmoid_sums_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.tensors.x.scalar_type(), "dice_sigmoid_sums_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const unsigned grid = static_cast<unsigned>(std::min<int64_t>(nrow * nblk, int64_t(1) << 30));
     sigmoid_sums_partial_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        in.x.const_data_ptr<scalar_t>(), a, nblk, partial.mutable_data_ptr<acc_t>(), bad_ptr);
+        in.tensors.x.const_data_ptr<scalar_t>(), a, nblk, partial.mutable_data_ptr<acc_t>(), bad_ptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     sigmoid_sums_final_kernel<acc_t><<<grid_for(lx.B * kSigmoidRows * lx.C), kThreads, 0, stream>>>(
         partial.const_data_ptr<acc_t>(), lx.B, lx.C, nblk, out.mutable_data_ptr<double>());
@@ -171,7 +167,7 @@ at::Tensor dice_sigmoid_sums_cuda(const at::Tensor& x_in, const at::Tensor& t_in
   });
   if (validate) {
     const int64_t index = read_bad_report(bad);  // the one host sync, only with validation
-    TORCH_CHECK_VALUE(index < 0, bad_target_message(std::string(api), in.t, index));
+    TORCH_CHECK_VALUE(index < 0, bad_target_message(std::string(api), in.tensors.t, index));
   }
   return out;
 }
@@ -182,16 +178,16 @@ at::Tensor dice_sigmoid_backward_cuda(const at::Tensor& x_in, const at::Tensor& 
   const c10::cuda::CUDAGuard guard(x_in.device());
   SigmoidInputs in = sigmoid_inputs("dice_sigmoid_backward", x_in, t_in, mask, p);
   const SigmoidKernelArgs& a = in.args;
-  const at::Tensor coef = check_grad_sums("dice_sigmoid_backward", grad_sums, in.x, kSigmoidRows, a.lx.C, p);
-  at::Tensor g = empty_grad(in.x);
+  const at::Tensor coef = check_grad_sums("dice_sigmoid_backward", grad_sums, in.tensors.x, kSigmoidRows, a.lx.C, p);
+  at::Tensor g = empty_grad(in.tensors.x);
   const Layout lg = strided_layout(g, true);
   const int64_t n = a.lx.B * a.lx.C * a.lx.S;
   if (n == 0) return g.zero_();
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "dice_sigmoid_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.tensors.x.scalar_type(), "dice_sigmoid_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     sigmoid_backward_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
-        in.x.const_data_ptr<scalar_t>(), a, coef.const_data_ptr<acc_t>(), g.mutable_data_ptr<scalar_t>(), lg);
+        in.tensors.x.const_data_ptr<scalar_t>(), a, coef.const_data_ptr<acc_t>(), g.mutable_data_ptr<scalar_t>(), lg);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return g;
