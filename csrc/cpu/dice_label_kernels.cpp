@@ -217,6 +217,27 @@ SEGLOSSES_ALWAYS_INLINE void class_grad_rows(LabelTile<acc_t>& tl, int64_t C, in
   for (int64_t c = 0; c < C; ++c) class_grad_row<PK>(tl, c, p, a[c], bp[c]);
 }
 
+// dLoss/dx of every class from tl.x (s_c), tl.g (dLoss/ds_c), tl.dot and, with CE, tl.aux (the
+// cross-entropy coefficient of the voxel's class); written to the gradient rows of tile vt.
+template <bool CE, typename acc_t>
+SEGLOSSES_ALWAYS_INLINE void softmax_grad_rows(LabelTile<acc_t>& tl, int64_t C, const OutView& g, int64_t b,
+                                               int64_t vt, int64_t n) {
+  const int32_t* cls = tl.cls;
+  const acc_t* dot = tl.dot;
+  const acc_t* ly = tl.aux;
+  for (int64_t c = 0; c < C; ++c) {
+    acc_t* s = tl.x.data() + c * kTile;  // s_c in, dLoss/dx_c out
+    const acc_t* gc = tl.g.data() + c * kTile;
+    const int32_t ci = static_cast<int32_t>(c);
+#pragma omp simd
+    for (int64_t t = 0; t < kTile; ++t) {
+      const acc_t l_y = CE ? ly[t] : acc_t(0);
+      s[t] = cls[t] >= 0 ? softmax_grad(s[t], gc[t], dot[t], l_y, cls[t] == ci) : acc_t(0);
+    }
+    store_row(at(g, b, c, vt), g.elem, g.sv, s, n);
+  }
+}
+
 }  // namespace
 
 template <typename acc_t>
@@ -294,16 +315,10 @@ SEGLOSSES_CPU_CLONES void label_backward_chunk(const LabelArgs& a, LabelTile<acc
     if (a.p == 1) class_grad_rows<1>(tl, C, a.p, ca, cbp);
     else if (a.p == 2) class_grad_rows<2>(tl, C, a.p, ca, cbp);
     else class_grad_rows<0>(tl, C, a.p, ca, cbp);
-    const acc_t* dot = tl.dot;
-    for (int64_t c = 0; c < C; ++c) {
-      acc_t* s = tl.x.data() + c * kTile;  // s_c in, dLoss/dx_c out
-      const acc_t* gc = tl.g.data() + c * kTile;
-      const int32_t ci = static_cast<int32_t>(c);
-#pragma omp simd
-      for (int64_t t = 0; t < kTile; ++t) {
-        s[t] = cls[t] >= 0 ? softmax_grad(s[t], gc[t], dot[t], ly[t], cls[t] == ci) : acc_t(0);
-      }
-      store_row(at(g, b, c, vt), g.elem, g.sv, s, n);
+    if (with_ce) {
+      softmax_grad_rows<true>(tl, C, g, b, vt, n);
+    } else {
+      softmax_grad_rows<false>(tl, C, g, b, vt, n);
     }
   }
 }
