@@ -37,7 +37,7 @@ Every (case, impl) runs in fresh processes (this script re-invokes itself with `
       ``--min-time`` seconds of them (``x.grad = None`` before each, untimed); the median wall
       time and, on the CPU, the median CPU time of the process (all threads), which is the number
       to compare on a loaded machine; on CUDA the calls are synchronised;
-    * a *mem* child. CPU: started with glibc's mmap threshold fixed at 64 KiB (bench/common.py
+    * a *mem* child (on CUDA the time child measures memory first, then time). CPU: started with glibc's mmap threshold fixed at 64 KiB (bench/common.py
       MALLOC_ENV) so that every freed tensor buffer leaves the resident set at once; warms up on an
       8^d crop (a full-size warm-up would hide scratch memory kept between calls), resets the
       resident-set high-water mark and runs one full-size call: "peak extra" = VmHWM after the
@@ -177,7 +177,7 @@ def child(mode: str, kind: str, shape: tuple, impl: str, device: str, repeats: i
 
     out = {"kind": kind, "impl": impl, "shape": list(shape), "threads": torch.get_num_threads(),
            "x_bytes": x.numel() * x.element_size(), "y_bytes": y.numel() * y.element_size()}
-    if mode == "mem" and cuda:
+    if mode in ("mem", "both") and cuda:
         step()  # full-size warm-up: the caching allocator and kernels are ready, and counted below
         x.grad = None
         gc.collect()
@@ -191,7 +191,7 @@ def child(mode: str, kind: str, shape: tuple, impl: str, device: str, repeats: i
         del loss
         x.grad = None
         out["retained_bytes"] = max(0, torch.cuda.memory_allocated() - before)
-    elif mode == "mem":
+    if mode == "mem" and not cuda:
         # Warm up on a small crop (code pages, thread pool, lazy init) rather than at full size, so
         # that scratch memory an implementation keeps between calls is counted, not hidden.
         crop = (slice(None), slice(None)) + tuple(slice(0, 8) for _ in shape[2:])
@@ -212,7 +212,7 @@ def child(mode: str, kind: str, shape: tuple, impl: str, device: str, repeats: i
         gc.collect()
         common.malloc_trim()
         out["retained_bytes"] = max(0, common.rss_bytes() - before)
-    else:
+    if mode in ("time", "both"):
         cpu_times = []
 
         def timed_step():
@@ -319,9 +319,12 @@ def main(argv=None) -> int:
             common_args = [script, "--repeats", str(args.repeats), "--threads", str(args.threads),
                            "--min-time", str(args.min_time)]
             child_args = [case_arg(kind, shape), impl, args.device]
-            mem = common.run_child(common_args + ["--child", "mem"] + child_args,
-                                   env_extra=None if cuda else common.MALLOC_ENV, timeout=args.timeout)
-            tim = common.run_child(common_args + ["--child", "time"] + child_args, timeout=args.timeout)
+            if cuda:  # CUDA memory statistics are the process's own: one child measures both
+                mem = tim = common.run_child(common_args + ["--child", "both"] + child_args, timeout=args.timeout)
+            else:
+                mem = common.run_child(common_args + ["--child", "mem"] + child_args, env_extra=common.MALLOC_ENV,
+                                       timeout=args.timeout)
+                tim = common.run_child(common_args + ["--child", "time"] + child_args, timeout=args.timeout)
             res[impl] = (mem, tim)
             for r in (mem, tim):
                 if "error" in r:
