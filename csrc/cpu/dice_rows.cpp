@@ -2,6 +2,7 @@
 // the tensors' own dtypes and the kernels' accumulation type, label classification and masks,
 // one tile row at a time. Compiled once per CPU clone (SEGLOSSES_CPU_CLONES) and called from
 // every kernel, instead of being inlined into each of them.
+#include <cmath>
 #include <cstring>
 
 #include "dice_rows.h"
@@ -35,7 +36,7 @@ SEGLOSSES_ALWAYS_INLINE float half_to_float(uint16_t h) {
 }
 
 SEGLOSSES_ALWAYS_INLINE uint16_t float_to_half(float f) {
-  const float scaled = (__builtin_fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+  const float scaled = (std::fabs(f) * 0x1.0p+112f) * 0x1.0p-110f;
   const uint32_t w = float_bits(f);
   const uint32_t shl1_w = w + w;
   const uint32_t sign = w & 0x80000000u;
