@@ -1,6 +1,6 @@
 // MALIS weights. The computation is a CPU sweep (csrc/cpu/malis_cpu.cpp, stages in
-// csrc/cpu/malis/); the CUDA backend (csrc/cuda/malis_cuda.cu) moves its inputs to the host, calls
-// these functions and returns the result on the caller's device.
+// csrc/cpu/malis/); the CUDA backend (csrc/cuda/malis_cuda.cu) moves its inputs to the host in one
+// trip, calls these functions and copies the result back in one trip.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -13,20 +13,23 @@
 namespace seglosses {
 namespace malis {
 
-// pred: [B, C, *spatial] affinities, seg: [B, *spatial] labels >= 0; see the schemas in
-// csrc/seglosses.cpp. fn, pred_arg and seg_arg name the public function the user called and its
-// prediction and label arguments, for error messages.
-at::Tensor malis_weights_cpu(const at::Tensor& pred, const at::Tensor& seg, const std::optional<at::Tensor>& gt_affs,
-                             const std::optional<at::Tensor>& mask, at::IntArrayRef nhood, bool constrained,
-                             bool constrain_masked, int64_t num_threads, c10::string_view fn,
-                             c10::string_view pred_arg, c10::string_view seg_arg);
+// The CPU kernels of malis_weights / malis_counts, on host tensors: pred: [B, C, *spatial]
+// affinities, seg: [B, *spatial] labels >= 0 or none (the connected components of gt_affs); see
+// the schemas in csrc/seglosses.cpp. fn, pred_arg and seg_arg name the public function the user
+// called and its prediction and label arguments, for error messages. pin_result: the result in
+// pinned memory (for the CUDA backend's asynchronous copy back).
+at::Tensor malis_weights_host(const at::Tensor& pred, const std::optional<at::Tensor>& seg,
+                              const std::optional<at::Tensor>& gt_affs, const std::optional<at::Tensor>& mask,
+                              at::IntArrayRef nhood, bool constrained, bool constrain_masked, int64_t num_threads,
+                              c10::string_view fn, c10::string_view pred_arg, c10::string_view seg_arg,
+                              bool pin_result);
 
-std::tuple<at::Tensor, at::Tensor> malis_counts_cpu(const at::Tensor& pred, const at::Tensor& seg,
-                                                    const std::optional<at::Tensor>& gt_affs,
-                                                    const std::optional<at::Tensor>& mask, at::IntArrayRef nhood,
-                                                    bool constrained, bool constrain_masked, int64_t num_threads,
-                                                    c10::string_view fn, c10::string_view pred_arg,
-                                                    c10::string_view seg_arg);
+std::tuple<at::Tensor, at::Tensor> malis_counts_host(const at::Tensor& pred, const std::optional<at::Tensor>& seg,
+                                                     const std::optional<at::Tensor>& gt_affs,
+                                                     const std::optional<at::Tensor>& mask, at::IntArrayRef nhood,
+                                                     bool constrained, bool constrain_masked, int64_t num_threads,
+                                                     c10::string_view fn, c10::string_view pred_arg,
+                                                     c10::string_view seg_arg, bool pin_result);
 
 // Frees the scratch memory that MALIS keeps per thread between calls; returns the bytes freed.
 int64_t release_malis_workspace();

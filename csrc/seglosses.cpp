@@ -6,6 +6,20 @@
 
 #include "connected_components.h"
 #include "malis.h"
+#include "transfer_log.h"
+
+namespace seglosses {
+TransferLog& transfer_log() {
+  static TransferLog log;
+  return log;
+}
+
+std::vector<int64_t> transfer_counts() {
+  const TransferLog& t = transfer_log();
+  return {t.to_host_copies.load(), t.to_host_bytes.load(), t.to_device_copies.load(), t.to_device_bytes.load(),
+          t.pageable_copies.load(), t.host_waits.load()};
+}
+}  // namespace seglosses
 
 extern "C" {
 // `import seglosses._C` loads this shared object, which runs the static
@@ -43,17 +57,20 @@ TORCH_LIBRARY(seglosses, m) {
       "dice_sigmoid_sums(Tensor x, Tensor t, Tensor? mask, int p, bool with_ce, bool validate, str api) -> Tensor");
   m.def("dice_sigmoid_backward(Tensor x, Tensor t, Tensor? mask, Tensor grad_sums, int p) -> Tensor");
 
-  // MALIS. pred: [B, C, *spatial] affinities, seg: [B, *spatial] labels >= 0, nhood: C rows of
-  // len(spatial) offsets, flattened. gt_affs / mask: optional, same shape as pred (mask != 0: the
-  // edge is inside). constrain_masked: the earlier mask rule (excluded edges stay constrained).
-  // num_threads: the threads the call may use (at most torch's intra-op threads; 0: all of those). fn /
-  // pred_arg / seg_arg: the public function called and its argument names, for error messages.
+  // MALIS. pred: [B, C, *spatial] affinities, seg: [B, *spatial] labels >= 0, or None: the
+  // connected components of gt_affs > 0.5 over nhood, singleton voxels as background (MalisLoss
+  // without gt_seg; computed on the host in the same call). nhood: C rows of len(spatial) offsets,
+  // flattened. gt_affs / mask: optional, same shape as pred (mask != 0: the edge is inside).
+  // constrain_masked: the earlier mask rule (excluded edges stay constrained). num_threads: the
+  // threads the call may use (at most torch's intra-op threads; 0: all of those). fn / pred_arg /
+  // seg_arg: the public function called and its argument names, for error messages. With pred on
+  // CUDA, seg / gt_affs / mask may be on pred's device or on the CPU (read there, no trip).
   // malis_weights: normalised float32 weights [B, C, *]; malis_counts: exact int64 (pos, neg).
   m.def(
-      "malis_weights(Tensor pred, Tensor seg, Tensor? gt_affs, Tensor? mask, int[] nhood, bool constrained, "
+      "malis_weights(Tensor pred, Tensor? seg, Tensor? gt_affs, Tensor? mask, int[] nhood, bool constrained, "
       "bool constrain_masked, int num_threads, str fn, str pred_arg, str seg_arg) -> Tensor");
   m.def(
-      "malis_counts(Tensor pred, Tensor seg, Tensor? gt_affs, Tensor? mask, int[] nhood, bool constrained, "
+      "malis_counts(Tensor pred, Tensor? seg, Tensor? gt_affs, Tensor? mask, int[] nhood, bool constrained, "
       "bool constrain_masked, int num_threads, str fn, str pred_arg, str seg_arg) -> (Tensor, Tensor)");
   // Connected components of the graph whose edges have affs > threshold. affs: [B, C, *spatial].
   // Returns int64 labels [B, *spatial], 1..n per sample in raster order of first voxel; with
@@ -70,4 +87,7 @@ TORCH_LIBRARY(seglosses, m) {
   m.def("_malis_isas() -> str[]", &seglosses::malis::malis_isas);
   m.def("_malis_isa() -> str", &seglosses::malis::malis_isa);
   m.def("_malis_set_isa(str isa) -> str", &seglosses::malis::malis_set_isa);
+  // For tests: what the CUDA backend has moved so far (csrc/transfer_log.h): device-to-host copies
+  // and bytes, host-to-device copies and bytes, copies from pageable memory, host waits.
+  m.def("_transfer_counts() -> int[]", &seglosses::transfer_counts);
 }

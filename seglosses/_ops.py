@@ -154,17 +154,31 @@ for _name in ("seglosses::dice_backward", "seglosses::dice_sigmoid_backward"):
 # ---------------------------------------------------------------------------------------------
 # MALIS and connected components
 # ---------------------------------------------------------------------------------------------
+def _check_malis_args(pred, seg, gt_affs, mask, num_threads, fn, pred_arg, seg_arg):
+    """The checks of the MALIS ops that need no data (csrc/cpu/malis_cpu.cpp, csrc/cuda/malis_cuda.cu)."""
+    torch._check(num_threads >= 0, lambda: f"{fn}: num_threads must be >= 1, got {num_threads}")
+    torch._check(seg is not None or gt_affs is not None,
+                 lambda: f"{fn}: without {seg_arg} the labels are the connected components of gt_affs, "
+                         f"so gt_affs must be given")
+    for name, t in ((seg_arg, seg), ("gt_affs", gt_affs), ("mask", mask)):
+        # With pred on CUDA the others may stay on the CPU (the ops read them on the host).
+        if t is not None:
+            torch._check(t.device == pred.device or (pred.device.type == "cuda" and t.device.type == "cpu"),
+                         lambda: f"{fn}: {name} must be on {pred_arg}'s device {pred.device} or on the CPU, "
+                                 f"got {t.device}")
+
+
 @torch.library.register_fake("seglosses::malis_weights")
 def _malis_weights_fake(pred, seg, gt_affs, mask, nhood, constrained, constrain_masked, num_threads, fn, pred_arg,
                         seg_arg):
-    torch._check(num_threads >= 0, lambda: f"{fn}: num_threads must be >= 1, got {num_threads}")
+    _check_malis_args(pred, seg, gt_affs, mask, num_threads, fn, pred_arg, seg_arg)
     return torch.empty(pred.shape, dtype=torch.float32, device=pred.device)
 
 
 @torch.library.register_fake("seglosses::malis_counts")
 def _malis_counts_fake(pred, seg, gt_affs, mask, nhood, constrained, constrain_masked, num_threads, fn, pred_arg,
                        seg_arg):
-    torch._check(num_threads >= 0, lambda: f"{fn}: num_threads must be >= 1, got {num_threads}")
+    _check_malis_args(pred, seg, gt_affs, mask, num_threads, fn, pred_arg, seg_arg)
     return (
         torch.empty(pred.shape, dtype=torch.int64, device=pred.device),
         torch.empty(pred.shape, dtype=torch.int64, device=pred.device),

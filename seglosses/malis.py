@@ -138,18 +138,23 @@ def _split_batch(fn: str, name: str, t: torch.Tensor, ndim: int) -> Tuple[torch.
     )
 
 
-def _labels(fn: str, name: str, seg: LabelsLike) -> torch.Tensor:
+def _labels(fn: str, name: str, seg: LabelsLike, *, op_checks_sign: bool = False) -> torch.Tensor:
     """Segmentation labels (a tensor or numpy array of any integer type) as a tensor the MALIS
     ops read: unsigned types wider than uint8 become int64. Rejects labels < 0 and uint64 labels
-    beyond int64, naming the value."""
+    beyond int64, naming the value.
+
+    ``op_checks_sign``: the labels go to a MALIS op, which checks the sign itself; then labels on
+    a GPU are not read here (that would make the host wait for the GPU; the op checks them after
+    its one trip to the host), except uint64 ones, whose wrap-around only this check can name."""
     if isinstance(seg, np.ndarray):
         seg = torch.from_numpy(np.require(seg, requirements=("C", "W")))  # torch needs writable, no negative strides
     _checks.check_label_tensor(fn, name, seg, _checks.SEG_DTYPES)
     unsigned64 = seg.dtype == torch.uint64
     if seg.dtype in (torch.uint16, torch.uint32, torch.uint64):
         seg = seg.to(torch.int64)  # exact, except uint64 >= 2**63, which wraps to negative (checked next)
-    # A data check (a host sync), skipped while torch.compile traces; the kernel checks the sign too.
-    if seg.numel() and seg.device.type != "meta" and not torch.compiler.is_compiling():
+    read_here = seg.device.type == "cpu" or unsigned64 or not op_checks_sign
+    # A data check (a host sync on a GPU), skipped while torch.compile traces; the kernel checks the sign too.
+    if read_here and seg.numel() and seg.device.type != "meta" and not torch.compiler.is_compiling():
         lowest = int(seg.min())
         if lowest < 0 and unsigned64:
             raise ValueError(f"{fn}: {name} labels must fit in int64 (< 2**63), got {lowest + 2**64}")
@@ -245,11 +250,18 @@ def _num_threads(fn: str, name: str, value) -> int:
     return int(value)
 
 
+def _op_device(t: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """t on the device the MALIS ops read it from: pred's, except that a CPU tensor beside a CUDA
+    pred stays on the CPU (the ops compute on the host: moving it to the GPU would only bring it
+    back)."""
+    return t if (t.device.type == "cpu" and pred.device.type == "cuda") else t.to(pred.device)
+
+
 def _prepare_seg(fn: str, name: str, gt_seg: LabelsLike, pred: torch.Tensor) -> torch.Tensor:
-    """gt_seg as [B, *spatial] matching pred [B, C, *spatial], on pred's device.
+    """gt_seg as [B, *spatial] matching pred [B, C, *spatial], for the MALIS ops (_op_device).
 
     Also takes [B, 1, *spatial], and [*spatial] when B is 1 (as PyTorch Connectomics does)."""
-    s = _labels(fn, name, gt_seg)
+    s = _labels(fn, name, gt_seg, op_checks_sign=True)
     spatial = tuple(pred.shape[2:])
     if s.dim() == pred.dim() and s.shape[1] == 1:
         s = s.squeeze(1)
@@ -261,7 +273,7 @@ def _prepare_seg(fn: str, name: str, gt_seg: LabelsLike, pred: torch.Tensor) -> 
             f"got {tuple(gt_seg.shape)}"
         )
     _checks.check_has_data(fn, name, s, "pred", pred)
-    return s.to(pred.device)
+    return _op_device(s, pred)
 
 
 def _prepare_mask(fn: str, mask: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -271,7 +283,7 @@ def _prepare_mask(fn: str, mask: torch.Tensor, pred: torch.Tensor) -> torch.Tens
     if m.dim() == pred.dim() - 1 and m.shape[0] == pred.shape[0]:
         m = m.unsqueeze(1)  # [B, *spatial] -> [B, 1, *spatial]
     try:
-        return torch.broadcast_to(m, pred.shape).to(pred.device)
+        return _op_device(torch.broadcast_to(m, pred.shape), pred)
     except RuntimeError as exc:
         raise ValueError(
             f"{fn}: mask must be broadcastable to pred {tuple(pred.shape)}, got {tuple(mask.shape)}"
@@ -280,7 +292,7 @@ def _prepare_mask(fn: str, mask: torch.Tensor, pred: torch.Tensor) -> torch.Tens
 
 def malis_weights(
     pred_affs: torch.Tensor,
-    gt_seg: LabelsLike,
+    gt_seg: Optional[LabelsLike],
     nhood: NhoodLike,
     *,
     gt_affs: Optional[torch.Tensor] = None,
@@ -304,6 +316,8 @@ def malis_weights(
             float16 / bfloat16 / float32 / float64, CPU or CUDA. Must be finite.
         gt_seg: integer labels >= 0, ``[B, *spatial]`` or ``[B, 1, *spatial]`` (or unbatched); a
             tensor of any integer dtype (uint64 included, values below 2**63) or a numpy array.
+            ``None``: the connected components of ``gt_affs > 0.5`` over nhood, singleton voxels
+            as background (what :class:`MalisLoss` does without gt_seg); needs gt_affs.
         nhood: ``[C, ndim]`` offsets (negative, positive or long-range).
         gt_affs: ground-truth affinities like pred (``> 0.5`` is 1); default: from gt_seg.
         mask: broadcastable to pred; 0 excludes an edge. PyTorch Connectomics' rule: the ground
@@ -330,6 +344,14 @@ def malis_weights(
             non-finite predictions (the message names the value).
         TypeError: non-float predictions, non-integer labels or complex gt_affs.
 
+    Note:
+        On CUDA the sweep runs on the host: one call copies its inputs to pinned host memory in
+        one trip (labels as int32 where they fit, gt_affs and mask as one byte per edge), waits
+        for the GPU once, and copies the weights back without waiting, on the current stream.
+        gt_seg, gt_affs and mask on the CPU beside a CUDA pred are read where they are. Labels
+        above 2**31 - 1 cross a second time (as int64); uint64 labels on the GPU are range-checked
+        first (one more wait).
+
     Example:
         >>> w = malis_weights(torch.sigmoid(logits), seg, mknhood3d(1))
     """
@@ -340,7 +362,10 @@ def malis_weights(
     pred, batched = _split_batch(fn, "pred_affs", pred_affs, len(nh[0]))
     if pred.shape[1] != len(nh):
         raise ValueError(f"{fn}: pred_affs has {pred.shape[1]} channels but nhood has {len(nh)} rows")
-    seg = _prepare_seg(fn, "gt_seg", gt_seg, pred)  # an unbatched seg fits the batch of one
+    if gt_seg is None and gt_affs is None:
+        raise ValueError(f"{fn}: gt_seg is None, so gt_affs must be given (its connected components are the labels)")
+    # an unbatched seg fits the batch of one
+    seg = None if gt_seg is None else _prepare_seg(fn, "gt_seg", gt_seg, pred)
     gt = None
     if gt_affs is not None:
         _checks.check_real_tensor(fn, "gt_affs", gt_affs)
@@ -348,7 +373,7 @@ def malis_weights(
         if gt.shape != pred.shape:
             raise ValueError(f"{fn}: gt_affs must have pred's shape {tuple(pred_affs.shape)}, got {tuple(gt_affs.shape)}")
         _checks.check_has_data(fn, "gt_affs", gt, "pred_affs", pred)
-        gt = gt.detach().to(pred.device)
+        gt = _op_device(gt.detach(), pred)
     m = None
     if mask is not None:
         m = _prepare_mask(fn, mask if batched else mask.unsqueeze(0), pred)
@@ -486,9 +511,9 @@ def malis_loss(
         sizes = crop if isinstance(crop, tuple) else (crop,) * ndim
         a, t, m, seg = _random_crop(sizes, [a, t, m, seg])
 
+    # Without gt_seg the op labels the connected components of gt_affs itself (on CUDA in the same
+    # trip to the host as the sweep).
     gt_affs = t > 0.5
-    if seg is None:
-        seg = ops.connected_components(gt_affs, _flat(nh), 0.5, True, threads, fn)
     swept = a.detach()
     if nonfinite == "propagate":
         # The sweep needs an order, so it sees non-finite predictions as 0; the loss map below
@@ -547,7 +572,9 @@ class MalisLoss(nn.Module):
 
     Note:
         Under ``torch.compile`` the loss traces into one graph (``fullgraph=True``), with or
-        without ``malis_crop_size``. The MALIS sweep itself runs in C++ outside the graph.
+        without ``malis_crop_size``. The MALIS sweep itself runs in C++ outside the graph; on
+        CUDA it is one trip to the host and back per call (see :func:`malis_weights`), and
+        without gt_seg the connected components of the target are computed in that same visit.
 
     Example:
         >>> loss_fn = MalisLoss(malis_crop_size=64)

@@ -18,8 +18,9 @@
 
 namespace seglosses {
 
-at::Tensor connected_components_cpu(const at::Tensor& affs, at::IntArrayRef nhood, double threshold,
-                                    bool singleton_background, int64_t num_threads, c10::string_view fn) {
+at::Tensor connected_components_host(const at::Tensor& affs, at::IntArrayRef nhood, double threshold,
+                                     bool singleton_background, int64_t num_threads, c10::string_view fn,
+                                     bool pin_result) {
   const std::string name(fn);
   const char* f = name.c_str();
   TORCH_CHECK_VALUE(affs.dim() >= 3 && affs.dim() <= 5, f,
@@ -30,9 +31,11 @@ at::Tensor connected_components_cpu(const at::Tensor& affs, at::IntArrayRef nhoo
   TORCH_CHECK_VALUE(g.V < (int64_t(1) << 32), f, ": at most 2^32 voxels per sample, got ", g.V);
   std::vector<int64_t> out_sizes{affs.size(0)};
   for (int64_t d = 2; d < affs.dim(); ++d) out_sizes.push_back(affs.size(d));
-  at::Tensor labels = at::zeros(out_sizes, affs.options().dtype(at::kLong));
+  at::Tensor labels = at::zeros(out_sizes, affs.options().dtype(at::kLong).pinned_memory(pin_result));
   if (labels.numel() == 0) return labels;
-  const at::Tensor on = at::gt(affs, threshold).contiguous();
+  // Edges that are already bits (the CUDA backend's, MALIS's gt_affs) are read as they are.
+  const bool bits = affs.scalar_type() == at::kBool && threshold >= 0 && threshold < 1;
+  const at::Tensor on = bits ? affs.contiguous() : at::gt(affs, threshold).contiguous();
   const bool* edges = on.const_data_ptr<bool>();
   int64_t* out = labels.mutable_data_ptr<int64_t>();
   const int64_t B = affs.size(0), V = g.V, E = g.C * V;
@@ -74,6 +77,14 @@ at::Tensor connected_components_cpu(const at::Tensor& affs, at::IntArrayRef nhoo
   return labels;
 }
 
+namespace {
+
+at::Tensor connected_components_cpu(const at::Tensor& affs, at::IntArrayRef nhood, double threshold,
+                                    bool singleton_background, int64_t num_threads, c10::string_view fn) {
+  return connected_components_host(affs, nhood, threshold, singleton_background, num_threads, fn, false);
+}
+
+}  // namespace
 }  // namespace seglosses
 
 TORCH_LIBRARY_IMPL(seglosses, CPU, m) { m.impl("connected_components", &seglosses::connected_components_cpu); }

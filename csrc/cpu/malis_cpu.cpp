@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "connected_components.h"
 #include "malis.h"
 #include "malis/components.h"
 #include "malis/cycle_filter.h"
@@ -187,19 +188,13 @@ Call make_call(const at::Tensor& pred, at::IntArrayRef nhood, bool constrained, 
   return call;
 }
 
-Inputs prepare(const Call& call, const at::Tensor& pred, const at::Tensor& seg, const std::optional<at::Tensor>& gt_affs,
-               const std::optional<at::Tensor>& mask) {
+Inputs prepare(const Call& call, const at::Tensor& pred, const std::optional<at::Tensor>& seg,
+               const std::optional<at::Tensor>& gt_affs, const std::optional<at::Tensor>& mask,
+               at::IntArrayRef nhood) {
   const char* f = call.fn.c_str();
-  TORCH_CHECK_TYPE(at::isIntegralType(seg.scalar_type(), /*includeBool=*/false), f, ": ", call.seg_arg,
-                   " must hold integer labels, got ", seg.scalar_type());
-  const at::IntArrayRef spatial = pred.sizes().slice(2);
-  TORCH_CHECK_VALUE(seg.dim() == pred.dim() - 1 && seg.size(0) == pred.size(0) && seg.sizes().slice(1) == spatial, f,
-                    ": ", call.seg_arg, " must be [B, *spatial] matching ", call.pred_arg, " ", pred.sizes(), ", got ",
-                    seg.sizes());
   Inputs in;
   in.B = pred.size(0);
   in.pred = pred.contiguous();
-  in.seg = dense_labels(call, seg);
   if (gt_affs.has_value() && gt_affs->defined()) {
     TORCH_CHECK_VALUE(gt_affs->sizes() == pred.sizes(), f, ": gt_affs must have ", call.pred_arg, "' shape ",
                       pred.sizes(), ", got ", gt_affs->sizes());
@@ -210,6 +205,22 @@ Inputs prepare(const Call& call, const at::Tensor& pred, const at::Tensor& seg, 
                       ", got ", mask->sizes());
     in.mask = at::ne(*mask, 0).contiguous();
   }
+  if (!seg.has_value() || !seg->defined()) {
+    // MalisLoss without gt_seg: the components of the GT graph, singleton voxels as background;
+    // int64 labels below 2^30 (at most V / 2 components of two voxels or more).
+    TORCH_CHECK_VALUE(in.gt.defined(), f, ": without ", call.seg_arg,
+                      " the labels are the connected components of gt_affs, so gt_affs must be given");
+    in.seg = connected_components_host(in.gt, nhood, 0.5, /*singleton_background=*/true, call.num_threads, call.fn,
+                                       /*pin_result=*/false);
+    return in;
+  }
+  TORCH_CHECK_TYPE(at::isIntegralType(seg->scalar_type(), /*includeBool=*/false), f, ": ", call.seg_arg,
+                   " must hold integer labels, got ", seg->scalar_type());
+  const at::IntArrayRef spatial = pred.sizes().slice(2);
+  TORCH_CHECK_VALUE(seg->dim() == pred.dim() - 1 && seg->size(0) == pred.size(0) && seg->sizes().slice(1) == spatial,
+                    f, ": ", call.seg_arg, " must be [B, *spatial] matching ", call.pred_arg, " ", pred.sizes(),
+                    ", got ", seg->sizes());
+  in.seg = dense_labels(call, *seg);
   return in;
 }
 
@@ -244,14 +255,16 @@ void run_batch(const Call& call, const Inputs& in, Write&& write) {
 
 }  // namespace
 
-at::Tensor malis_weights_cpu(const at::Tensor& pred, const at::Tensor& seg, const std::optional<at::Tensor>& gt_affs,
-                             const std::optional<at::Tensor>& mask, at::IntArrayRef nhood, bool constrained,
-                             bool constrain_masked, int64_t num_threads, c10::string_view fn,
-                             c10::string_view pred_arg, c10::string_view seg_arg) {
+at::Tensor malis_weights_host(const at::Tensor& pred, const std::optional<at::Tensor>& seg,
+                              const std::optional<at::Tensor>& gt_affs, const std::optional<at::Tensor>& mask,
+                              at::IntArrayRef nhood, bool constrained, bool constrain_masked, int64_t num_threads,
+                              c10::string_view fn, c10::string_view pred_arg, c10::string_view seg_arg,
+                              bool pin_result) {
   const bool has_mask = mask.has_value() && mask->defined();
   const Call call = make_call(pred, nhood, constrained, constrain_masked, has_mask, num_threads, fn, pred_arg, seg_arg);
-  const Inputs in = prepare(call, pred, seg, gt_affs, mask);
-  at::Tensor w = at::zeros(pred.sizes(), pred.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
+  const Inputs in = prepare(call, pred, seg, gt_affs, mask, nhood);
+  at::Tensor w = at::zeros(pred.sizes(), pred.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous)
+                                             .pinned_memory(pin_result));
   if (w.numel() == 0) return w;
   const int64_t E = call.g.C * call.g.V;
   float* out = w.mutable_data_ptr<float>();
@@ -259,16 +272,17 @@ at::Tensor malis_weights_cpu(const at::Tensor& pred, const at::Tensor& seg, cons
   return w;
 }
 
-std::tuple<at::Tensor, at::Tensor> malis_counts_cpu(const at::Tensor& pred, const at::Tensor& seg,
-                                                    const std::optional<at::Tensor>& gt_affs,
-                                                    const std::optional<at::Tensor>& mask, at::IntArrayRef nhood,
-                                                    bool constrained, bool constrain_masked, int64_t num_threads,
-                                                    c10::string_view fn, c10::string_view pred_arg,
-                                                    c10::string_view seg_arg) {
+std::tuple<at::Tensor, at::Tensor> malis_counts_host(const at::Tensor& pred, const std::optional<at::Tensor>& seg,
+                                                     const std::optional<at::Tensor>& gt_affs,
+                                                     const std::optional<at::Tensor>& mask, at::IntArrayRef nhood,
+                                                     bool constrained, bool constrain_masked, int64_t num_threads,
+                                                     c10::string_view fn, c10::string_view pred_arg,
+                                                     c10::string_view seg_arg, bool pin_result) {
   const bool has_mask = mask.has_value() && mask->defined();
   const Call call = make_call(pred, nhood, constrained, constrain_masked, has_mask, num_threads, fn, pred_arg, seg_arg);
-  const Inputs in = prepare(call, pred, seg, gt_affs, mask);
-  const auto opts = pred.options().dtype(at::kLong).memory_format(at::MemoryFormat::Contiguous);
+  const Inputs in = prepare(call, pred, seg, gt_affs, mask, nhood);
+  const auto opts =
+      pred.options().dtype(at::kLong).memory_format(at::MemoryFormat::Contiguous).pinned_memory(pin_result);
   at::Tensor pos = at::zeros(pred.sizes(), opts), neg = at::zeros(pred.sizes(), opts);
   if (pos.numel() == 0) return {pos, neg};
   const int64_t E = call.g.C * call.g.V;
@@ -286,6 +300,28 @@ std::string malis_isa() { return isa_name(current_isa()); }
 
 std::string malis_set_isa(c10::string_view isa) { return set_kernel_isa(std::string(isa)); }
 
+namespace {
+
+// The op entries of the CPU backend.
+at::Tensor malis_weights_cpu(const at::Tensor& pred, const std::optional<at::Tensor>& seg,
+                             const std::optional<at::Tensor>& gt_affs, const std::optional<at::Tensor>& mask,
+                             at::IntArrayRef nhood, bool constrained, bool constrain_masked, int64_t num_threads,
+                             c10::string_view fn, c10::string_view pred_arg, c10::string_view seg_arg) {
+  return malis_weights_host(pred, seg, gt_affs, mask, nhood, constrained, constrain_masked, num_threads, fn, pred_arg,
+                            seg_arg, /*pin_result=*/false);
+}
+
+std::tuple<at::Tensor, at::Tensor> malis_counts_cpu(const at::Tensor& pred, const std::optional<at::Tensor>& seg,
+                                                    const std::optional<at::Tensor>& gt_affs,
+                                                    const std::optional<at::Tensor>& mask, at::IntArrayRef nhood,
+                                                    bool constrained, bool constrain_masked, int64_t num_threads,
+                                                    c10::string_view fn, c10::string_view pred_arg,
+                                                    c10::string_view seg_arg) {
+  return malis_counts_host(pred, seg, gt_affs, mask, nhood, constrained, constrain_masked, num_threads, fn, pred_arg,
+                           seg_arg, /*pin_result=*/false);
+}
+
+}  // namespace
 }  // namespace malis
 }  // namespace seglosses
 
