@@ -401,6 +401,19 @@ def malis_loss_ref(pred, target, nhood, mask=None, gt_seg=None, sigmoid=True, re
     return per_sample.sum() if reduction == "sum" else per_sample.mean()
 
 
+def reduce_ref(per_elem, reduction):
+    """The reductions of SPEC §3 on an elementwise map: "mean" over all B·C·spatial elements (as
+    PyTorch Connectomics' ``weighted_loss.mean()``), "batchmean" over samples."""
+    if reduction == "none":
+        return per_elem
+    total = per_elem.sum()
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / (per_elem.size if isinstance(per_elem, np.ndarray) else per_elem.numel())
+    return total / per_elem.shape[0]
+
+
 def comb2(n):
     n = int(n)
     return n * (n - 1) // 2

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from conftest import requires_cuda
 from malis_reference import connected_components_ref, same_partition
+from malis_samples import components_samples, reference_labels
 
 import seglosses  # noqa: E402  (a broken build must fail loudly, not skip)
 
@@ -161,15 +161,9 @@ def test_errors_name_the_public_function():
         OP(torch.rand(1, 3, 3, 4, 5), [o for r in NN3 for o in r], 0.5, True, -1, "MalisLoss")
 
 
-@requires_cuda
-def test_cuda_matches_cpu():
-    rng = np.random.default_rng(13)
-    nhood = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, 0, 2]]
-    affs = torch.from_numpy(rng.random((2, 4, 5, 6, 7)).astype(np.float32))
-    for thr in (0.5, 0.3):
-        cpu = seglosses.affgraph_to_seg(affs, nhood, threshold=thr)
-        gpu = seglosses.affgraph_to_seg(affs.cuda(), nhood, threshold=thr)
-        assert gpu.device.type == "cuda"
-        assert torch.equal(gpu.cpu(), cpu)
-    flat = [o for r in nhood for o in r]
-    assert torch.equal(OP(affs.cuda(), flat, 0.5, True, 0, "MalisLoss").cpu(), OP(affs, flat, 0.5, True, 0, "MalisLoss"))
+# The sample table (malis_samples.py): the CUDA tests (test_malis_cuda.py) run the same samples.
+@pytest.mark.parametrize("s", components_samples("cpu"), ids=lambda s: s.name)
+def test_components_samples_match_reference(s):
+    labels = s.labels()
+    assert labels.dtype == torch.int64 and labels.shape == (s.affs.shape[0],) + tuple(s.affs.shape[2:])
+    np.testing.assert_array_equal(labels.numpy(), reference_labels(s))

@@ -15,7 +15,6 @@ import pytest
 import torch
 from scipy import ndimage
 
-from conftest import requires_cuda
 from malis_reference import (
     comb2,
     connected_components_ref,
@@ -28,6 +27,7 @@ from malis_reference import (
     seg_to_affgraph_ref,
     to_numpy,
 )
+from malis_samples import reference_counts, reference_weights, weights_samples
 
 import seglosses  # noqa: E402  (a broken build must fail loudly, not skip)
 
@@ -799,7 +799,7 @@ def test_opcheck():
     nh = [v for row in NN3 for v in row]
     names = ("malis_weights", "pred_affs", "gt_seg")
     for args in [(pred, seg, None, None, nh, True, False, 2) + names, (pred, seg, gt, mask, nh, False, True, 1) + names,
-                 (pred, seg, None, mask, nh, True, False, 0) + names]:
+                 (pred, seg, None, mask, nh, True, False, 0) + names, (pred, None, gt, mask, nh, True, False, 0) + names]:
         torch.library.opcheck(op.malis_weights.default, args)
         torch.library.opcheck(op.malis_counts.default, args)
     torch.library.opcheck(op.connected_components.default, (pred, nh, 0.5, True, 2, "affgraph_to_seg"))
@@ -952,33 +952,41 @@ def test_error_wrong_rank():
 
 
 # --------------------------------------------------------------------------------------------------
-# CUDA
+# The sample table (malis_samples.py): the CUDA tests (test_malis_cuda.py) run the same samples
 # --------------------------------------------------------------------------------------------------
-@requires_cuda
-@pytest.mark.parametrize("seed", range(6))
-def test_cuda_matches_cpu(seed):
-    pred, seg, nhood, kw = random_case(seed)
-    for constrained in (True, False):
-        cpu = seglosses.malis_weights(pred, seg, nhood, constrained=constrained, **kw)
-        kw_cuda = {k: v.cuda() for k, v in kw.items()}
-        gpu = seglosses.malis_weights(pred.cuda(), seg.cuda(), nhood, constrained=constrained, **kw_cuda)
-        assert gpu.device.type == "cuda" and gpu.dtype == torch.float32
-        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-6, atol=1e-7)
-        cp, cn = seglosses.malis_weights(pred, seg, nhood, constrained=constrained, normalize=False, **kw)
-        gp, gn = seglosses.malis_weights(pred.cuda(), seg.cuda(), nhood, constrained=constrained,
-                                         normalize=False, **kw_cuda)
-        assert gp.device.type == "cuda"
-        assert torch.equal(gp.cpu(), cp) and torch.equal(gn.cpu(), cn)
+@pytest.mark.parametrize("s", weights_samples("cpu"), ids=lambda s: s.name)
+def test_weights_samples_match_oracle(s):
+    pos, neg = s.counts()
+    assert pos.dtype == neg.dtype == torch.int64 and pos.shape == neg.shape == s.pred.shape
+    rpos, rneg = reference_counts(s)
+    np.testing.assert_array_equal(pos.reshape(rpos.shape).numpy(), rpos, err_msg="pos")
+    np.testing.assert_array_equal(neg.reshape(rneg.shape).numpy(), rneg, err_msg="neg")
+    w = s.weights()
+    assert w.dtype == torch.float32 and w.shape == s.pred.shape
+    ref = reference_weights(s)
+    np.testing.assert_allclose(w.reshape(ref.shape).numpy(), ref, rtol=1e-6, atol=1e-7)
+    # the op, called as the Python side calls it, gives the same weights
+    assert torch.equal(torch.ops.seglosses.malis_weights(*s.op_args()).reshape(w.shape), w)
 
 
-@requires_cuda
-def test_cuda_seg_to_affgraph_matches_cpu():
-    seg = torch.randint(0, 4, (2, 5, 6, 7))
-    nhood = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, 0, 2]]
-    a_cpu = seglosses.seg_to_affgraph(seg, nhood)
-    a_gpu = seglosses.seg_to_affgraph(seg.cuda(), nhood)
-    assert a_gpu.device.type == "cuda"
-    assert torch.equal(a_gpu.cpu(), a_cpu)
+def test_no_seg_means_components_of_gt_affs():
+    # gt_seg=None: the labels are the connected components of gt_affs > 0.5 with singleton voxels as
+    # background, computed in the same call (what MalisLoss does without gt_seg).
+    pred, seg, nhood, _ = random_case(31)
+    gt = seglosses.seg_to_affgraph(seg, nhood)
+    labels = torch.from_numpy(np.stack([connected_components_ref(g, nhood, 0.5, singleton_background=True)
+                                        for g in gt.numpy()]))
+    for kw in ({}, {"constrained": False}, {"mask": torch.rand(pred.shape, generator=torch.Generator().manual_seed(1)) > 0.3}):
+        assert torch.equal(weights(pred, None, nhood, gt_affs=gt, **kw), weights(pred, labels, nhood, gt_affs=gt, **kw))
+        a, b = counts(pred, None, nhood, gt_affs=gt, **kw), counts(pred, labels, nhood, gt_affs=gt, **kw)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match=r"^malis_weights: gt_seg is None, so gt_affs must be given"):
+        seglosses.malis_weights(pred, None, nhood)
+    flat = [o for r in nhood for o in r]
+    with pytest.raises(ValueError, match=r"^malis_weights: without gt_seg the labels are the connected components"):
+        torch.ops.seglosses.malis_weights(pred, None, None, None, flat, True, False, 0, "malis_weights", "pred_affs",
+                                          "gt_seg")
 
 
 def test_release_malis_workspace_frees_and_next_call_is_identical():

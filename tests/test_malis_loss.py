@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import requires_cuda
 from malis_reference import (
     loss_seg_ref,
     malis_counts_ref_batch,
     malis_loss_ref,
     malis_weights_ref_batch,
     normalize_ref,
+    reduce_ref,
     seg_to_affgraph_ref,
     to_numpy,
 )
+from malis_samples import loss_samples, reference_loss_and_grad
 
 import seglosses  # noqa: E402  (a broken build must fail loudly, not skip)
 
@@ -45,19 +46,6 @@ def make_case(seed, shape, nhood, batch=2, nlabels=3, bg=0.15):
     target = np.stack([seg_to_affgraph_ref(s, nhood) for s in seg])
     pred = rng.normal(0, 1.5, size=(batch, len(nhood)) + tuple(shape)).astype(np.float32)
     return torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(seg)
-
-
-def reduce_ref(per_elem, reduction):
-    """The reductions of SPEC §3 on an elementwise map: "mean" over all B·C·spatial elements (as
-    PyTorch Connectomics' ``weighted_loss.mean()``), "batchmean" over samples."""
-    if reduction == "none":
-        return per_elem
-    total = per_elem.sum()
-    if reduction == "sum":
-        return total
-    if reduction == "mean":
-        return total / (per_elem.size if isinstance(per_elem, np.ndarray) else per_elem.numel())
-    return total / per_elem.shape[0]
 
 
 def oracle_loss(pred, target, nhood, reduction="sum", **kw):
@@ -503,26 +491,22 @@ def test_error_labels():
 
 
 # --------------------------------------------------------------------------------------------------
-# CUDA
+# The sample table (malis_samples.py): the CUDA tests (test_malis_cuda.py) run the same samples
 # --------------------------------------------------------------------------------------------------
-@requires_cuda
-@pytest.mark.parametrize("use_gt_seg", [False, True])
-def test_cuda_matches_cpu(use_gt_seg):
-    pred, target, seg = make_case(20, (4, 5, 6), POS3)
-    gt_seg = seg if use_gt_seg else None
-    p_cpu = pred.clone().requires_grad_(True)
-    p_gpu = pred.cuda().requires_grad_(True)
-    l_cpu = seglosses.MalisLoss()(p_cpu, target, gt_seg=gt_seg)
-    l_gpu = seglosses.MalisLoss()(p_gpu, target.cuda(), gt_seg=None if gt_seg is None else gt_seg.cuda())
-    assert l_gpu.device.type == "cuda"
-    torch.testing.assert_close(l_gpu.cpu(), l_cpu.detach(), rtol=1e-5, atol=1e-7)
-    l_cpu.backward()
-    l_gpu.backward()
-    torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=1e-5, atol=1e-7)
-    w = seglosses.malis_weights(torch.sigmoid(pred).cuda(), seg.cuda(), POS3, gt_affs=(target > 0.5).cuda())
-    assert w.device.type == "cuda"
-    torch.testing.assert_close(w.cpu(), seglosses.malis_weights(torch.sigmoid(pred), seg, POS3,
-                                                                 gt_affs=target > 0.5), rtol=1e-6, atol=1e-7)
+@pytest.mark.parametrize("s", loss_samples("cpu"), ids=lambda s: s.name)
+def test_loss_samples_match_oracle(s):
+    loss, grad = s.value_and_grad()
+    ref, ref_grad = reference_loss_and_grad(s)
+    win = s.crop_window()
+    if s.opts.get("reduction") == "none":
+        expect = s.pred[(slice(None), slice(None)) + win].shape if win is not None else s.pred.shape
+        assert loss.shape == expect
+    else:
+        assert loss.dim() == 0
+    assert loss.dtype == torch.promote_types(s.pred.dtype, torch.float32) and grad.dtype == s.pred.dtype
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}.get(s.pred.dtype, 1e-5)
+    close(loss, ref, rtol=tol, atol=1e-7)
+    close(grad, ref_grad, rtol=tol, atol=tol * 1e-2)
 
 
 def test_old_api_loss_does_not_overflow_in_half_precision():
