@@ -8,6 +8,7 @@ Usage::
     .venv/bin/python bench/malis_weights.py --data pinky40,fib25 --pred random,smooth --mask
     .venv/bin/python bench/malis_weights.py --data voronoi --sizes 32,48 --repeats 3 --peer-repeats 1 --min-time 0
     .venv/bin/python bench/malis_weights.py --no-peer                                     # seglosses only
+    python bench/malis_weights.py --device cuda        # on a GPU: transfer vs sweep time, 3 x 128^3 (malis_cuda.py)
 
 Options:
     --data          comma-separated data sets: voronoi, pinky40, fib25 (default: all three; see
@@ -27,6 +28,9 @@ Options:
     --no-peer       skip malis 1.0
     --peer-python   interpreter that has malis 1.0 (default bench/.malis-venv/bin/python)
     --timeout       seconds allowed per child process (default 3600)
+    --device        cpu (default: everything above) or cuda: the CUDA mode of bench/malis_cuda.py
+                    (one voronoi cube of --sizes, default 128, batch --batch, default 3; no peer)
+    --batch         samples per call in the CUDA mode (default 3)
 
 Both implementations get the same arrays with the same edge convention (malis 1.0's
 ``nodelist_like`` also pairs p with p + nhood[c]), so their pair counts are comparable.
@@ -329,8 +333,14 @@ def main(argv=None) -> int:
     ap.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON,
                     help="python with malis 1.0 (default bench/.malis-venv/bin/python)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per child process (default 3600)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: bench/malis_cuda.py's table")
+    ap.add_argument("--batch", type=int, default=None, help="samples per call in the CUDA mode (default 3)")
     ap.add_argument("--child", nargs=3, metavar=("IMPL", "MODE", "DATA_NPZ"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.device == "cuda":
+        import malis_cuda
+
+        return malis_cuda.run_cuda(args)
 
     if args.child:
         impl, mode, path = args.child
