@@ -2,6 +2,7 @@
 
     python tools/gpu_check_probe.py environment   torch, CUDA, GPU, the packages the tests need
     python tools/gpu_check_probe.py kernels       every seglosses op has a CUDA kernel
+    python tools/gpu_check_probe.py arch          GPU 0's architecture for TORCH_CUDA_ARCH_LIST ("9.0")
 
 Both print one line per finding and exit 1 when the CUDA check cannot pass.
 """
@@ -63,8 +64,19 @@ def kernels() -> int:
     return 0
 
 
+def arch() -> int:
+    """Prints GPU 0's compute capability as TORCH_CUDA_ARCH_LIST spells it (nothing else on stdout)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print("no GPU visible", file=sys.stderr)
+        return 1
+    print("%d.%d" % torch.cuda.get_device_capability(0))
+    return 0
+
+
 if __name__ == "__main__":
-    checks = {"environment": environment, "kernels": kernels}
+    checks = {"environment": environment, "kernels": kernels, "arch": arch}
     if len(sys.argv) != 2 or sys.argv[1] not in checks:
         sys.exit(__doc__)
     sys.exit(checks[sys.argv[1]]())
