@@ -40,5 +40,9 @@ std::vector<std::string> malis_isas();
 std::string malis_isa();
 std::string malis_set_isa(c10::string_view isa);
 
+// For tests: the internal settings that force the kernel's equivalent paths (csrc/cpu/malis/tuning.h:
+// "slabs", "split_voxels", "msd_items", "reset"); returns the previous value.
+int64_t malis_set_tuning(c10::string_view name, int64_t value);
+
 }  // namespace malis
 }  // namespace seglosses

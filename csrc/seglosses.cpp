@@ -90,4 +90,7 @@ TORCH_LIBRARY(seglosses, m) {
   // For tests: what the CUDA backend has moved so far (csrc/transfer_log.h): device-to-host copies
   // and bytes, host-to-device copies and bytes, copies from pageable memory, host waits.
   m.def("_transfer_counts() -> int[]", &seglosses::transfer_counts);
+  // For tests: an internal setting that forces one of the kernel's equivalent paths ("slabs",
+  // "split_voxels", "msd_items"; "reset": all to their defaults); returns its previous value.
+  m.def("_malis_set_tuning(str name, int value) -> int", &seglosses::malis::malis_set_tuning);
 }

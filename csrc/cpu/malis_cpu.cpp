@@ -5,17 +5,21 @@
 //
 // A sample is one or two passes (malis/passes.h: two with a mask under PyTorch Connectomics' rule),
 // each a Kruskal sweep over its edges in the order: first group by predicted affinity descending,
-// then second group likewise, ties by flat edge index. A pass is:
+// then second group likewise, ties by flat edge index. A sample runs on one thread or, when the
+// batch has fewer samples than threads, on several: it is cut into slabs of rows (malis/slabs.h)
+// that the stages before the sort handle in parallel. A pass is:
 //   1. flags         which group each edge is in, and whether its count is kept (malis/flags.h);
 //   2. cycle filter  the last edge of every 4-cycle can never merge and is left out
 //                    (malis/cycle_filter.h; ~47 % of the edges with random affinities);
 //   3. emission      sort items (key << 32 | edge) of the rest, in index order; first-group items
 //                    into label parts when the group splits by label (malis/emission.h);
-//   4. sort          stable LSD radix sort by key (malis/radix_sort.h), part by part;
+//   4. sort          stable radix sort by key (malis/radix_sort.h), part by part;
 //   5. sweep         union-find with label data; each merge records the pairs it counts
-//                    (malis/sweep.h; branch-free within single-label parts).
-// Then 6. write: normalised weights or exact counts (malis/write.h). Counts are exact (uint64).
-// Samples run in parallel threads; each is computed exactly as in a serial run.
+//                    (malis/sweep.h; branch-free within single-label parts). The parts are tasks
+//                    on the sample's threads; one too big for a thread is swept slab by slab and
+//                    finished by a global pass (malis/parts.h, malis/split.h).
+// Then 6. write: normalised weights or exact counts (malis/write.h). Counts are exact (uint64), and
+// the same for any number of threads or slabs.
 // Per-operator headers instead of ATen/ATen.h: a fraction of the compile time.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/core/Tensor.h>
@@ -42,9 +46,13 @@
 #include "malis/flags.h"
 #include "malis/geometry.h"
 #include "malis/kernels.h"
+#include "malis/parts.h"
 #include "malis/passes.h"
 #include "malis/radix_sort.h"
+#include "malis/slabs.h"
 #include "malis/sweep.h"
+#include "malis/tasks.h"
+#include "malis/tuning.h"
 #include "malis/workspace.h"
 #include "malis/write.h"
 
@@ -57,6 +65,7 @@ struct Call {
   std::string fn, pred_arg, seg_arg;
   Geometry g;
   std::vector<SquarePair> pairs;  // the cycle filter's channel pairs
+  SquareReach reach;              // how far their squares reach across rows
   int64_t n_valid = 0;            // valid edges per sample
   bool constrained = true;
   Plan plan;
@@ -72,71 +81,109 @@ struct Sample {
   int64_t index;         // in the batch, for error messages
 };
 
-// 4 + 5: sorts and sweeps the groups of one pass.
-void sort_and_sweep(Components& comp, SweepState& st, const Pass& pass, bool single_label, const Emission& emitted,
-                    const std::vector<int64_t>& part_start, const std::vector<int64_t>& part_end) {
-  const Geometry& g = st.g;
-  uint64_t* const first = emitted.parts;
-  uint64_t* const second = emitted.second;
-  const int64_t n_second = emitted.n_second;
-  // Sort scratch for the first group: the second buffer after its items (room for n_valid -
-  // n_second items, at least as many as there are first-group items).
-  uint64_t* const scratch = second + n_second;
-  if (single_label) {  // part after part, each sorted and swept while it is in cache
-    for (uint32_t p = 0; p < kParts; ++p) {
-      const int64_t lo = part_start[p], n = part_end[p] - lo;
-      prefetch_items(first + lo, scratch, n);
-      sort_by_key(first + lo, n, scratch);
-      prefetch_nodes(comp.nodes(), g, first + lo, n, st.shift, st.vmask);
-      single_label_sweep(comp, st, first + lo, n, pass.first);
-    }
-    if (pass.second != Count::kNothing) comp.restore_single_label_info(g.V);
-  } else {
-    sort_by_key(first, part_end[0], scratch);
-    sweep(comp, st, first, part_end[0], pass.first);
-  }
-  if (pass.second != Count::kNothing) {
-    sort_by_key(second, n_second, first);
-    sweep(comp, st, second, n_second, pass.second);
-  }
+// 4 + 5 of a first group that does not split by label: one sort and one sweep with label data.
+void sweep_one_part(const Rooms& rooms, uint64_t* first, uint64_t* scratch, Components& comp, const SweepState& st,
+                    Count count, int64_t& n_components, MergeArena& arena, Workspace& ws, SampleResult& res) {
+  const int64_t n = rooms.part_items(0);
+  rooms.part_segments(0, first, ws.segs);
+  const uint64_t* sorted = sort_segments(ws.segs, n, first + rooms.part_begin(0), scratch, tuning().msd_items, ws.hist);
+  const bool both = count == Count::kBoth;
+  Records rec = arena.take((both ? 2 : 1) * std::min(n, st.g.V) + 1);
+  n_components = sweep(comp, st, sorted, n, count, rec, n_components);
+  res.records.push_back(rec);
 }
 
 template <typename scalar_t>
-SampleResult malis_sample(const Call& call, const Kernels<scalar_t>& k, const Sample<scalar_t>& s) {
+void malis_sample(const Call& call, const Kernels<scalar_t>& k, const Sample<scalar_t>& s, int threads,
+                  SampleResult& res) {
   const Geometry& g = call.g;
   const int64_t V = g.V, C = g.C;
   const char* fn = call.fn.c_str();
   const int shift = payload_shift(V);
+  const Tuning tune = tuning();
+  const Slabs slabs = make_slabs(g, static_cast<int>(tune.slabs > 0 ? tune.slabs : threads));
+  const int S = slabs.n;
   Workspace& ws = workspace();
   uint8_t* flags = ws.flags.get(C * V, fn);
-  uint64_t* second = ws.items.get(call.n_valid + kPartPad, fn);
   Node* nodes = ws.nodes.get(V, fn);
   LabelInfo* info = ws.info.get(V, fn);
-  SampleResult res;
-  res.merges = ws.merges.get(std::max<int64_t>(1, 2 * std::min<int64_t>(V, call.n_valid)), fn);
+  MergeArena arena(ws.merges, fn);
+  auto each_slab = [&](auto&& f) { run_tasks(threads, S, [&](int64_t i) { f(static_cast<int>(i)); }); };
 
   for (int p = 0; p < call.plan.n_passes; ++p) {
     const Pass& pass = call.plan.pass[p];
     // 1. flags
-    const FlagSummary fs = compute_flags(g, pass, call.constrained, s.seg, s.gt, s.mask, k.flag_row, flags);
-    // 2. cycle filter
-    k.drop_cycle_maxima(g, call.pairs, s.pred, flags);
+    std::vector<FlagSummary> fs(S);
+    each_slab([&](int i) {
+      fs[i] = compute_flags(g, pass, call.constrained, s.seg, s.gt, s.mask, k.flag_row, flags, slabs.row[i],
+                            slabs.row[i + 1]);
+    });
+    const bool one_part = !single_label(call.constrained, fs);
+    // 2. cycle filter: the squares inside each slab in parallel, those across slabs after
+    each_slab([&](int i) {
+      k.drop_cycle_maxima(g, call.pairs, s.pred, flags, slabs.row[i] + call.reach.below,
+                          slabs.row[i + 1] - call.reach.above);
+    });
+    for (int i = 0; i < S; ++i) {
+      const int64_t r0 = slabs.row[i], r1 = slabs.row[i + 1];
+      const int64_t inner0 = std::min(r1, r0 + call.reach.below), inner1 = std::max(inner0, r1 - call.reach.above);
+      k.drop_cycle_maxima(g, call.pairs, s.pred, flags, r0, inner0);
+      k.drop_cycle_maxima(g, call.pairs, s.pred, flags, inner1, r1);
+    }
     // 3. emission, into rooms sized from the voxel counts of the label parts
-    std::vector<int64_t> part_voxels(kParts, 0);
-    k.init_components(V, s.seg, nodes, info, part_voxels.data());
-    const bool one_part = !fs.single_label;
-    const std::vector<int64_t> part_start = part_room(part_voxels, V, C, one_part);
-    std::vector<int64_t> part_end(part_start.begin(), part_start.end() - 1);
-    Emission emitted{ws.tmp.get(part_start[kParts], fn), part_end.data(), second};
-    const bool maybe_nonfinite = k.emit_items(g, s.pred, flags, s.seg, one_part, shift, emitted);
-    if (p == 0) check_finite_predictions(g, s.pred, maybe_nonfinite, s.index, fn, call.pred_arg.c_str());
-    // 4 + 5. sort and sweep
+    std::vector<int64_t> part_voxels(static_cast<size_t>(S) * kParts, 0);
+    each_slab([&](int i) {
+      if (slabs.voxel[i + 1] > slabs.voxel[i]) {
+        k.init_components(slabs.voxel[i], slabs.voxel[i + 1], s.seg, nodes, info, &part_voxels[i * kParts]);
+      }
+    });
+    Rooms rooms(g, slabs, part_voxels, one_part);
+    uint64_t* first = ws.first.get(rooms.first_slots(), fn);
+    uint64_t* second = ws.second.get(rooms.second_slots(), fn);
+    std::vector<char> maybe_nonfinite(S, 0);
+    each_slab([&](int i) {
+      for (int64_t c = 0; c < C; ++c) {
+        rooms.begin_second(c, i);
+        Emission out{first, rooms.fills(c, i), second + rooms.second_start(c, i), 0};
+        maybe_nonfinite[i] |= k.emit_items(g, c, slabs.row[i], slabs.row[i + 1], s.pred, flags, s.seg, one_part,
+                                           shift, out);
+        rooms.second_fill(c, i) = out.n_second;
+      }
+    });
+    if (p == 0) {
+      const bool any = std::find(maybe_nonfinite.begin(), maybe_nonfinite.end(), 1) != maybe_nonfinite.end();
+      check_finite_predictions(g, s.pred, any, s.index, fn, call.pred_arg.c_str());
+    }
+    // 4 + 5. sort and sweep: the first group, then the second
+    const SweepState st{g, shift, static_cast<uint32_t>((uint64_t(1) << shift) - 1),
+                        call.plan.counted_only ? flags : nullptr};
+    // With one slab the second group's items are contiguous and the rest of their buffer is free.
+    uint64_t* free_second = S == 1 ? second + rooms.second_free(0) : nullptr;
+    const int64_t free_items = S == 1 ? rooms.second_slots() - rooms.second_free(0) : 0;
     Components comp(nodes, info);
-    SweepState st{g, shift, static_cast<uint32_t>((uint64_t(1) << shift) - 1),
-                  call.plan.counted_only ? flags : nullptr, res, V};
-    sort_and_sweep(comp, st, pass, fs.single_label, emitted, part_start, part_end);
+    int64_t n_components = V;
+    if (!one_part) {
+      const LabelParts parts{rooms, first, part_voxels, slabs, threads, free_second, free_items};
+      const size_t before = res.records.size();
+      sweep_label_parts(parts, nodes, st, pass.first, arena, ws, fn, res.records);
+      for (size_t i = before; i < res.records.size(); ++i) n_components -= res.records[i].joined;
+      if (pass.second != Count::kNothing) {
+        each_slab([&](int i) { comp.restore_single_label_info(slabs.voxel[i], slabs.voxel[i + 1], s.seg); });
+      }
+    } else {
+      uint64_t* scratch = free_second != nullptr && free_items >= rooms.part_items(0) ? free_second
+                                                                                      : ws.task_b.get(rooms.part_items(0), fn);
+      sweep_one_part(rooms, first, scratch, comp, st, pass.first, n_components, arena, ws, res);
+    }
+    if (pass.second != Count::kNothing) {
+      const int64_t n = rooms.second_items();
+      rooms.second_segments(second, ws.segs);
+      const uint64_t* sorted = sort_segments(ws.segs, n, second, first, tune.msd_items, ws.hist);
+      Records rec = arena.take(std::min(n, V) + 1);
+      sweep(comp, st, sorted, n, pass.second, rec, n_components);
+      res.records.push_back(rec);
+    }
   }
-  return res;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -181,6 +228,7 @@ Call make_call(const at::Tensor& pred, at::IntArrayRef nhood, bool constrained, 
   TORCH_CHECK_VALUE(g.C <= (int64_t(1) << (32 - payload_shift(g.V))), f, ": ", g.C, " channels of ", g.V,
                     " voxels are too many edges per sample");
   call.pairs = square_pairs(g);
+  call.reach = square_reach(g, call.pairs);
   for (int64_t c = 0; c < g.C; ++c) call.n_valid += valid_edges(g, c);
   call.constrained = constrained;
   call.plan = plan_passes(constrained, has_mask, constrain_masked);
@@ -225,25 +273,32 @@ Inputs prepare(const Call& call, const at::Tensor& pred, const std::optional<at:
 }
 
 // Runs every sample on at most call.num_threads threads (of torch's intra-op pool) and hands each
-// result to write(b, result).
+// result to write(b, result, threads): with at least as many samples as threads, one sample per
+// thread; with fewer, the samples one after the other, each on every thread.
 template <typename Write>
 void run_batch(const Call& call, const Inputs& in, Write&& write) {
   const WorkspaceInUse in_use;
   const int64_t V = call.g.V, E = call.g.C * V;
-  const int64_t grain = (in.B + call.num_threads - 1) / call.num_threads;  // at most num_threads chunks
+  const int threads = static_cast<int>(call.num_threads);
+  const bool per_sample = in.B < threads;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "malis_weights_cpu", [&] {
     const Kernels<scalar_t> k = kernels_for<scalar_t>(current_isa());
     const scalar_t* pred = in.pred.const_data_ptr<scalar_t>();
     const bool* gt = in.gt.defined() ? in.gt.const_data_ptr<bool>() : nullptr;
     const bool* mask = in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr;
     auto run = [&](const auto* seg) {
-      at::parallel_for(0, in.B, grain, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          const Sample<scalar_t> s{pred + b * E, int32_labels(seg + b * V, V, call.fn.c_str()),
-                                   gt ? gt + b * E : nullptr, mask ? mask + b * E : nullptr, b};
-          write(b, malis_sample(call, k, s));
-        }
-      });
+      auto one = [&](int64_t b, int sample_threads) {
+        const Sample<scalar_t> s{pred + b * E, int32_labels(seg + b * V, V, call.fn.c_str(), sample_threads),
+                                 gt ? gt + b * E : nullptr, mask ? mask + b * E : nullptr, b};
+        SampleResult res;
+        malis_sample(call, k, s, sample_threads, res);
+        write(b, res, sample_threads);
+      };
+      if (per_sample) {
+        for (int64_t b = 0; b < in.B; ++b) one(b, threads);
+      } else {
+        run_tasks(threads, in.B, [&](int64_t b) { one(b, 1); });
+      }
     };
     if (in.seg.scalar_type() == at::kLong) {
       run(in.seg.const_data_ptr<int64_t>());
@@ -268,7 +323,7 @@ at::Tensor malis_weights_host(const at::Tensor& pred, const std::optional<at::Te
   if (w.numel() == 0) return w;
   const int64_t E = call.g.C * call.g.V;
   float* out = w.mutable_data_ptr<float>();
-  run_batch(call, in, [&](int64_t b, const SampleResult& r) { write_weights(r, out + b * E); });
+  run_batch(call, in, [&](int64_t b, const SampleResult& r, int threads) { write_weights(r, out + b * E, threads); });
   return w;
 }
 
@@ -288,7 +343,8 @@ std::tuple<at::Tensor, at::Tensor> malis_counts_host(const at::Tensor& pred, con
   const int64_t E = call.g.C * call.g.V;
   int64_t* op = pos.mutable_data_ptr<int64_t>();
   int64_t* on = neg.mutable_data_ptr<int64_t>();
-  run_batch(call, in, [&](int64_t b, const SampleResult& r) { write_counts(r, op + b * E, on + b * E); });
+  run_batch(call, in,
+            [&](int64_t b, const SampleResult& r, int threads) { write_counts(r, op + b * E, on + b * E, threads); });
   return {pos, neg};
 }
 
@@ -299,6 +355,8 @@ std::vector<std::string> malis_isas() { return available_isas(); }
 std::string malis_isa() { return isa_name(current_isa()); }
 
 std::string malis_set_isa(c10::string_view isa) { return set_kernel_isa(std::string(isa)); }
+
+int64_t malis_set_tuning(c10::string_view name, int64_t value) { return set_tuning(std::string(name), value); }
 
 namespace {
 

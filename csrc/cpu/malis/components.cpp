@@ -3,9 +3,12 @@
 namespace seglosses {
 namespace malis {
 
-void Components::restore_single_label_info(int64_t V) {
-  for (int64_t v = 0; v < V; ++v) {
-    if (nodes_[v].parent == v && nodes_[v].size > 1) info_[v].nlab = nodes_[v].size;
+void Components::restore_single_label_info(int64_t v0, int64_t v1, const int32_t* seg) {
+  for (int64_t v = v0; v < v1; ++v) {
+    if (nodes_[v].parent != v) continue;
+    const uint32_t size = nodes_[v].size & kSizeBits;
+    nodes_[v].size = size;
+    info_[v] = {seg[v] != 0 ? size : 0u, seg[v]};
   }
 }
 

@@ -25,15 +25,20 @@ struct LabelInfo {
   int32_t lab;    // > 0: the only label; 0: no labelled voxel; < 0: -(histogram + 1)
 };
 
-// The union-find init kernel: every voxel a singleton (nodes, info), and part_voxels[part_of(l)]
-// += the voxels of label l (V >= 1; part_voxels: kParts zeros).
-using InitKernel = void (*)(int64_t V, const int32_t* seg, Node* nodes, LabelInfo* info, int64_t* part_voxels);
+// The top bit of a root's size is free (a sample has at most 2^31 voxels, and a part is split only
+// below that, split.h): the split sweep marks components with it. kSizeBits masks it off.
+constexpr uint32_t kSizeBits = 0x7fffffffu;
 
-SEGLOSSES_ALWAYS_INLINE void init_components_portable(int64_t V, const int32_t* seg, Node* nodes, LabelInfo* info,
-                                                      int64_t* part_voxels) {
-  int32_t run_label = seg[0];
-  int64_t run_start = 0;
-  for (int64_t v = 0; v < V; ++v) {
+// The union-find init kernel: every voxel v0 .. v1 - 1 a singleton (nodes, info), and
+// part_voxels[part_of(l)] += the voxels of label l among them (v1 > v0; part_voxels: kParts zeros).
+using InitKernel = void (*)(int64_t v0, int64_t v1, const int32_t* seg, Node* nodes, LabelInfo* info,
+                            int64_t* part_voxels);
+
+SEGLOSSES_ALWAYS_INLINE void init_components_portable(int64_t v0, int64_t v1, const int32_t* seg, Node* nodes,
+                                                      LabelInfo* info, int64_t* part_voxels) {
+  int32_t run_label = seg[v0];
+  int64_t run_start = v0;
+  for (int64_t v = v0; v < v1; ++v) {
     nodes[v] = {static_cast<uint32_t>(v), 1u};
     info[v] = {seg[v] != 0 ? 1u : 0u, seg[v]};
     if (seg[v] != run_label) {
@@ -42,7 +47,7 @@ SEGLOSSES_ALWAYS_INLINE void init_components_portable(int64_t V, const int32_t* 
       run_start = v;
     }
   }
-  part_voxels[part_of(run_label)] += V - run_start;
+  part_voxels[part_of(run_label)] += v1 - run_start;
 }
 
 class Components {
@@ -63,9 +68,10 @@ class Components {
   Node* nodes() { return nodes_; }
   uint64_t labelled(uint32_t r) const { return info_[r].nlab; }
 
-  // After merges that bypassed unite() (single_label_sweep): components of voxels that all carry
-  // the root's (non-zero) label.
-  void restore_single_label_info(int64_t V);
+  // The label data of the roots among voxels v0 .. v1 - 1 after merges that bypassed unite()
+  // (single_label_sweep, split.h, which may also have used info as scratch): every component holds
+  // voxels of its root's label only. Clears the top bit of the roots' sizes.
+  void restore_single_label_info(int64_t v0, int64_t v1, const int32_t* seg);
 
   // sum_l hA[l] hB[l] for roots a != b.
   uint64_t same_label_pairs(uint32_t a, uint32_t b) const;

@@ -1,5 +1,6 @@
 #include "cycle_filter.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <utility>
 
@@ -36,6 +37,17 @@ std::vector<SquarePair> square_pairs(const Geometry& g) {
     pairs.push_back(f.second);
   }
   return pairs;
+}
+
+SquareReach square_reach(const Geometry& g, const std::vector<SquarePair>& pairs) {
+  SquareReach r;
+  for (const SquarePair& q : pairs) {
+    const int64_t d1 = g.off[q.c1 * 3] * g.dims[1] + g.off[q.c1 * 3 + 1];  // row offsets
+    const int64_t d2 = g.off[q.c2 * 3] * g.dims[1] + g.off[q.c2 * 3 + 1];
+    r.below = std::max({r.below, -d1, -d2, -d1 - d2});
+    r.above = std::max({r.above, d1, d2, d1 + d2});
+  }
+  return r;
 }
 
 }  // namespace malis

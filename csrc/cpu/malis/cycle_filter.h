@@ -36,14 +36,31 @@ struct SquarePair {
 // channels' flags), the shortest squares first.
 std::vector<SquarePair> square_pairs(const Geometry& g);
 
-// Calls row(q, v0, n) for the rows of squares of every pair q: z-slab by z-slab, so that the rows
-// the pairs share are still in cache.
+// How many rows a square reaches below and above its base row (the row of p), over all pairs: the
+// squares of base rows [r0 + below, r1 - above) touch only flags of rows [r0, r1), so slabs can
+// mark those in parallel and leave the rest for one serial pass.
+struct SquareReach {
+  int64_t below = 0, above = 0;
+};
+SquareReach square_reach(const Geometry& g, const std::vector<SquarePair>& pairs);
+
+// The cycle filter kernel: marks the last edge of the squares whose base row is in [r0, r1).
+template <typename scalar_t>
+using CycleKernel = void (*)(const Geometry& g, const std::vector<SquarePair>& pairs, const scalar_t* pred,
+                             uint8_t* flags, int64_t r0, int64_t r1);
+
+// Calls row(q, v0, n) for the rows of squares of every pair q with base row in [r0, r1): z-slab by
+// z-slab, so that the rows the pairs share are still in cache.
 template <typename Row>
-SEGLOSSES_ALWAYS_INLINE void for_each_square_row(const Geometry& g, const std::vector<SquarePair>& pairs, Row&& row) {
-  for (int64_t z = 0; z < g.dims[0]; ++z) {
+SEGLOSSES_ALWAYS_INLINE void for_each_square_row(const Geometry& g, const std::vector<SquarePair>& pairs, int64_t r0,
+                                                 int64_t r1, Row&& row) {
+  if (r0 >= r1) return;
+  const int64_t Y = g.dims[1];
+  for (int64_t z = r0 / Y; z < g.dims[0] && z * Y < r1; ++z) {
     for (const SquarePair& q : pairs) {
       if (z < q.lo[0] || z >= q.hi[0]) continue;
-      for (int64_t y = q.lo[1]; y < q.hi[1]; ++y) row(q, (z * g.dims[1] + y) * g.dims[2] + q.lo[2], q.hi[2] - q.lo[2]);
+      const int64_t y0 = std::max(q.lo[1], r0 - z * Y), y1 = std::min(q.hi[1], r1 - z * Y);
+      for (int64_t y = y0; y < y1; ++y) row(q, (z * Y + y) * g.dims[2] + q.lo[2], q.hi[2] - q.lo[2]);
     }
   }
 }
@@ -158,9 +175,10 @@ SEGLOSSES_ALWAYS_INLINE void drop_square_row_portable(const scalar_t* p1, const 
 
 template <typename scalar_t>
 SEGLOSSES_ALWAYS_INLINE void drop_cycle_maxima_portable(const Geometry& g, const std::vector<SquarePair>& pairs,
-                                                        const scalar_t* pred, uint8_t* flags) {
+                                                        const scalar_t* pred, uint8_t* flags, int64_t r0,
+                                                        int64_t r1) {
   const int64_t V = g.V;
-  for_each_square_row(g, pairs, [&](const SquarePair& q, int64_t v0, int64_t n) SEGLOSSES_LAMBDA_INLINE {
+  for_each_square_row(g, pairs, r0, r1, [&](const SquarePair& q, int64_t v0, int64_t n) SEGLOSSES_LAMBDA_INLINE {
     drop_square_row_portable(pred + q.c1 * V, pred + q.c2 * V, flags + q.c1 * V, flags + q.c2 * V, v0, n, q.d1, q.d2);
   });
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "../cpu_clones.h"
 #include "geometry.h"
@@ -29,15 +30,24 @@ FlagTable flag_table(const Pass& pass);
 using FlagRowKernel = bool (*)(const int32_t* a, const int32_t* b, const bool* gt, const bool* mask,
                                const FlagTable& table, bool check_crossing, uint8_t* flags, int64_t n);
 
+// Whether some first-group edge does not join two voxels of one non-zero label. When none does
+// (always so for the GT-1 edges of gt_seg), the first group splits into independent parts by
+// label (see emission.h).
 struct FlagSummary {
-  // Every first-group edge joins two voxels of one non-zero label (always so for the GT-1 edges of
-  // gt_seg): the first group splits into independent parts by label (see emission.h).
-  bool single_label = false;
+  bool crossing = false;
 };
 
-// flags[e] for every edge of a sample (kDropped on invalid edges); seg / gt / mask: the sample's.
+// flags[e] for the edges of a sample whose source row is in [r0, r1) (kDropped on invalid edges);
+// seg / gt / mask: the sample's.
 FlagSummary compute_flags(const Geometry& g, const Pass& pass, bool constrained, const int32_t* seg, const bool* gt,
-                          const bool* mask, FlagRowKernel row, uint8_t* flags);
+                          const bool* mask, FlagRowKernel row, uint8_t* flags, int64_t r0, int64_t r1);
+
+// Whether the first group can split by label: constrained, and no slab found a crossing edge.
+inline bool single_label(bool constrained, const std::vector<FlagSummary>& slabs) {
+  bool crossing = false;
+  for (const FlagSummary& s : slabs) crossing = crossing || s.crossing;
+  return constrained && !crossing;
+}
 
 // The portable row kernel (an always-inline body: kernels_*.cpp compile it per instruction set).
 template <bool kGt, bool kMask, bool kCross>

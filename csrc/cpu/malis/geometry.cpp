@@ -32,5 +32,11 @@ Geometry make_geometry(const char* fn, c10::IntArrayRef spatial, c10::IntArrayRe
   return g;
 }
 
+int64_t valid_edges(const Geometry& g, int64_t c, int64_t r0, int64_t r1) {
+  int64_t n = 0;
+  for_each_edge_row(g, c, r0, r1, [&](int64_t, int64_t len) { n += len; });
+  return n;
+}
+
 }  // namespace malis
 }  // namespace seglosses

@@ -27,16 +27,28 @@ struct Geometry {
 // channel.
 Geometry make_geometry(const char* fn, c10::IntArrayRef spatial, c10::IntArrayRef nhood, int64_t C);
 
-// Calls f(v0, n) for the rows of valid edges of channel c: sources v0 .. v0 + n - 1, in increasing v0.
-// (Always inlined: the kernels call it from bodies compiled per instruction set.)
+// A row is the voxels of one (z, y): row r = z * dims[1] + y holds voxels r * dims[2] ..
+// (r + 1) * dims[2] - 1.
+inline int64_t n_rows(const Geometry& g) { return g.dims[0] * g.dims[1]; }
+
+// Calls f(v0, n) for the rows of valid edges of channel c whose source row is in [r0, r1):
+// sources v0 .. v0 + n - 1, in increasing v0. (Always inlined: the kernels call it from bodies
+// compiled per instruction set.)
 template <typename F>
-SEGLOSSES_ALWAYS_INLINE void for_each_edge_row(const Geometry& g, int64_t c, F&& f) {
+SEGLOSSES_ALWAYS_INLINE void for_each_edge_row(const Geometry& g, int64_t c, int64_t r0, int64_t r1, F&& f) {
   const int64_t* lo = &g.lo[c * 3];
   const int64_t* hi = &g.hi[c * 3];
-  if (lo[2] >= hi[2]) return;
-  for (int64_t z = lo[0]; z < hi[0]; ++z) {
-    for (int64_t y = lo[1]; y < hi[1]; ++y) f((z * g.dims[1] + y) * g.dims[2] + lo[2], hi[2] - lo[2]);
+  if (lo[2] >= hi[2] || r0 >= r1) return;
+  const int64_t Y = g.dims[1];
+  for (int64_t z = std::max(lo[0], r0 / Y); z < hi[0] && z * Y < r1; ++z) {
+    const int64_t y0 = std::max(lo[1], r0 - z * Y), y1 = std::min(hi[1], r1 - z * Y);
+    for (int64_t y = y0; y < y1; ++y) f((z * Y + y) * g.dims[2] + lo[2], hi[2] - lo[2]);
   }
+}
+
+template <typename F>
+SEGLOSSES_ALWAYS_INLINE void for_each_edge_row(const Geometry& g, int64_t c, F&& f) {
+  for_each_edge_row(g, c, 0, n_rows(g), f);
 }
 
 // Calls f(v, u) for the valid edges of channel c, in increasing v.
@@ -48,12 +60,9 @@ inline void for_each_edge(const Geometry& g, int64_t c, F&& f) {
   });
 }
 
-// Number of valid edges of channel c.
-inline int64_t valid_edges(const Geometry& g, int64_t c) {
-  int64_t n = 1;
-  for (int d = 0; d < 3; ++d) n *= std::max<int64_t>(0, g.hi[c * 3 + d] - g.lo[c * 3 + d]);
-  return n;
-}
+// Number of valid edges of channel c (whose source row is in [r0, r1)).
+int64_t valid_edges(const Geometry& g, int64_t c, int64_t r0, int64_t r1);
+inline int64_t valid_edges(const Geometry& g, int64_t c) { return valid_edges(g, c, 0, n_rows(g)); }
 
 // Edge payload in the sort items: c * 2^shift + v with 2^shift >= V, so the channel is a shift
 // and the voxel a mask (no division in the sweep). The payload is increasing in (c, v), like the

@@ -30,8 +30,7 @@ template <typename scalar_t>
 struct Kernels {
   Isa isa;
   FlagRowKernel flag_row;
-  void (*drop_cycle_maxima)(const Geometry& g, const std::vector<SquarePair>& pairs, const scalar_t* pred,
-                            uint8_t* flags);
+  CycleKernel<scalar_t> drop_cycle_maxima;
   EmitKernel<scalar_t> emit_items;
   InitKernel init_components;
 };

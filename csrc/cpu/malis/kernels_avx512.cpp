@@ -107,9 +107,9 @@ SEGLOSSES_TARGET_AVX512 void drop_square_row_avx512(const scalar_t* p1, const sc
 
 template <typename scalar_t>
 SEGLOSSES_TARGET_AVX512 void drop_cycle_maxima_avx512(const Geometry& g, const std::vector<SquarePair>& pairs,
-                                                      const scalar_t* pred, uint8_t* flags) {
+                                                      const scalar_t* pred, uint8_t* flags, int64_t r0, int64_t r1) {
   const int64_t V = g.V;
-  for_each_square_row(g, pairs, [&](const SquarePair& q, int64_t v0, int64_t n) SEGLOSSES_LAMBDA_INLINE {
+  for_each_square_row(g, pairs, r0, r1, [&](const SquarePair& q, int64_t v0, int64_t n) SEGLOSSES_LAMBDA_INLINE {
     drop_square_row_avx512(pred + q.c1 * V, pred + q.c2 * V, flags + q.c1 * V, flags + q.c2 * V, v0, n, q.d1, q.d2);
   });
 }
@@ -176,36 +176,35 @@ SEGLOSSES_TARGET_AVX512 bool emit_row_avx512(const scalar_t* pc, const uint8_t* 
 }
 
 template <typename scalar_t>
-SEGLOSSES_TARGET_AVX512 bool emit_items_avx512(const Geometry& g, const scalar_t* pred, const uint8_t* flags,
-                                               const int32_t* seg, bool one_part, int shift, Emission& out) {
+SEGLOSSES_TARGET_AVX512 bool emit_items_avx512(const Geometry& g, int64_t c, int64_t r0, int64_t r1,
+                                               const scalar_t* pred, const uint8_t* flags, const int32_t* seg,
+                                               bool one_part, int shift, Emission& out) {
   bool nonfinite = false;
-  for (int64_t c = 0; c < g.C; ++c) {
-    const scalar_t* pc = pred + c * g.V;
-    const uint8_t* fc = flags + c * g.V;
-    const uint64_t cbits = uint64_t(c) << shift;
-    for_each_edge_row(g, c, [&](int64_t v0, int64_t len) SEGLOSSES_LAMBDA_INLINE {
-      nonfinite |= emit_row_avx512(pc, fc, seg, one_part, cbits, v0, len, out);
-    });
-  }
+  const scalar_t* pc = pred + c * g.V;
+  const uint8_t* fc = flags + c * g.V;
+  const uint64_t cbits = uint64_t(c) << shift;
+  for_each_edge_row(g, c, r0, r1, [&](int64_t v0, int64_t len) SEGLOSSES_LAMBDA_INLINE {
+    nonfinite |= emit_row_avx512(pc, fc, seg, one_part, cbits, v0, len, out);
+  });
   return nonfinite;
 }
 
 // ---- union-find init ----------------------------------------------------------------------------
-// init_components_portable, 16 voxels at a time from voxel 1 to the last whole block (run
+// init_components_portable, 16 voxels at a time from voxel v0 + 1 to the last whole block (run
 // boundaries from a mask), then the portable loop for the rest.
-SEGLOSSES_TARGET_AVX512 void init_components_avx512(int64_t V, const int32_t* seg, Node* nodes, LabelInfo* info,
-                                                    int64_t* part_voxels) {
+SEGLOSSES_TARGET_AVX512 void init_components_avx512(int64_t v0, int64_t v1, const int32_t* seg, Node* nodes,
+                                                    LabelInfo* info, int64_t* part_voxels) {
   static_assert(sizeof(Node) == 8 && sizeof(LabelInfo) == 8, "nodes and info are written as 64-bit lanes");
-  int32_t run_label = seg[0];
-  int64_t run_start = 0;
-  int64_t v = 0;
-  if (V >= 17) {
-    nodes[0] = {0u, 1u};
-    info[0] = {seg[0] != 0 ? 1u : 0u, seg[0]};
+  int32_t run_label = seg[v0];
+  int64_t run_start = v0;
+  int64_t v = v0;
+  if (v1 - v0 >= 17) {
+    nodes[v0] = {static_cast<uint32_t>(v0), 1u};
+    info[v0] = {seg[v0] != 0 ? 1u : 0u, seg[v0]};
     const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i size_one = _mm512_set1_epi64(int64_t(1) << 32);  // {parent, size = 1}
     const __m512i one = _mm512_set1_epi64(1);
-    for (v = 1; v + 16 <= V; v += 16) {
+    for (v = v0 + 1; v + 16 <= v1; v += 16) {
       const __m512i s = _mm512_loadu_si512(seg + v);
       const __m512i index = _mm512_add_epi64(_mm512_set1_epi64(v), lane);
       _mm512_storeu_si512(nodes + v, _mm512_or_si512(index, size_one));
@@ -223,7 +222,7 @@ SEGLOSSES_TARGET_AVX512 void init_components_avx512(int64_t V, const int32_t* se
       }
     }
   }
-  for (; v < V; ++v) {
+  for (; v < v1; ++v) {
     nodes[v] = {static_cast<uint32_t>(v), 1u};
     info[v] = {seg[v] != 0 ? 1u : 0u, seg[v]};
     if (seg[v] != run_label) {
@@ -232,7 +231,7 @@ SEGLOSSES_TARGET_AVX512 void init_components_avx512(int64_t V, const int32_t* se
       run_start = v;
     }
   }
-  part_voxels[part_of(run_label)] += V - run_start;
+  part_voxels[part_of(run_label)] += v1 - run_start;
 }
 
 }  // namespace

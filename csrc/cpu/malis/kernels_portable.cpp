@@ -16,18 +16,19 @@ bool flag_row_baseline(const int32_t* a, const int32_t* b, const bool* gt, const
 
 template <typename scalar_t>
 void drop_cycle_maxima_baseline(const Geometry& g, const std::vector<SquarePair>& pairs, const scalar_t* pred,
-                                uint8_t* flags) {
-  drop_cycle_maxima_portable(g, pairs, pred, flags);
+                                uint8_t* flags, int64_t r0, int64_t r1) {
+  drop_cycle_maxima_portable(g, pairs, pred, flags, r0, r1);
 }
 
 template <typename scalar_t>
-bool emit_items_baseline(const Geometry& g, const scalar_t* pred, const uint8_t* flags, const int32_t* seg,
-                         bool one_part, int shift, Emission& out) {
-  return emit_items_portable(g, pred, flags, seg, one_part, shift, out);
+bool emit_items_baseline(const Geometry& g, int64_t c, int64_t r0, int64_t r1, const scalar_t* pred,
+                         const uint8_t* flags, const int32_t* seg, bool one_part, int shift, Emission& out) {
+  return emit_items_portable(g, c, r0, r1, pred, flags, seg, one_part, shift, out);
 }
 
-void init_components_baseline(int64_t V, const int32_t* seg, Node* nodes, LabelInfo* info, int64_t* part_voxels) {
-  init_components_portable(V, seg, nodes, info, part_voxels);
+void init_components_baseline(int64_t v0, int64_t v1, const int32_t* seg, Node* nodes, LabelInfo* info,
+                              int64_t* part_voxels) {
+  init_components_portable(v0, v1, seg, nodes, info, part_voxels);
 }
 
 #if SEGLOSSES_HAVE_X86_VARIANTS
@@ -38,19 +39,20 @@ SEGLOSSES_TARGET_AVX2 bool flag_row_avx2(const int32_t* a, const int32_t* b, con
 
 template <typename scalar_t>
 SEGLOSSES_TARGET_AVX2 void drop_cycle_maxima_avx2(const Geometry& g, const std::vector<SquarePair>& pairs,
-                                                  const scalar_t* pred, uint8_t* flags) {
-  drop_cycle_maxima_portable(g, pairs, pred, flags);
+                                                  const scalar_t* pred, uint8_t* flags, int64_t r0, int64_t r1) {
+  drop_cycle_maxima_portable(g, pairs, pred, flags, r0, r1);
 }
 
 template <typename scalar_t>
-SEGLOSSES_TARGET_AVX2 bool emit_items_avx2(const Geometry& g, const scalar_t* pred, const uint8_t* flags,
-                                           const int32_t* seg, bool one_part, int shift, Emission& out) {
-  return emit_items_portable(g, pred, flags, seg, one_part, shift, out);
+SEGLOSSES_TARGET_AVX2 bool emit_items_avx2(const Geometry& g, int64_t c, int64_t r0, int64_t r1,
+                                           const scalar_t* pred, const uint8_t* flags, const int32_t* seg,
+                                           bool one_part, int shift, Emission& out) {
+  return emit_items_portable(g, c, r0, r1, pred, flags, seg, one_part, shift, out);
 }
 
-SEGLOSSES_TARGET_AVX2 void init_components_avx2(int64_t V, const int32_t* seg, Node* nodes, LabelInfo* info,
-                                                int64_t* part_voxels) {
-  init_components_portable(V, seg, nodes, info, part_voxels);
+SEGLOSSES_TARGET_AVX2 void init_components_avx2(int64_t v0, int64_t v1, const int32_t* seg, Node* nodes,
+                                                LabelInfo* info, int64_t* part_voxels) {
+  init_components_portable(v0, v1, seg, nodes, info, part_voxels);
 }
 #endif
 

@@ -1,5 +1,6 @@
 #include "radix_sort.h"
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -8,50 +9,126 @@ namespace malis {
 namespace {
 
 // LSD radix sort by the upper 32 bits, kDigit bits per pass; the low 32 bits ride along. Passes
-// whose digit is the same for every item are skipped.
+// whose digit is the same for every item are skipped. Reads the segments in its first pass (into
+// b), then goes back and forth between a and b; returns where the result is.
 template <int kDigit>
-void radix_sort_by_key(uint64_t* items, int64_t n, uint64_t* tmp) {
+const uint64_t* radix_sort_segments(const Segment* segs, int n_segs, int64_t n, uint64_t* a, uint64_t* b) {
   constexpr int kBuckets = 1 << kDigit;
   constexpr int kPasses = (32 + kDigit - 1) / kDigit;
-  if (n < 2) return;
   uint32_t hist[kPasses][kBuckets] = {};
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t k = static_cast<uint32_t>(items[i] >> 32);
-    for (int pass = 0; pass < kPasses; ++pass) hist[pass][(k >> (kDigit * pass)) & (kBuckets - 1)]++;
+  for (int s = 0; s < n_segs; ++s) {
+    for (int64_t i = 0; i < segs[s].n; ++i) {
+      const uint32_t k = static_cast<uint32_t>(segs[s].items[i] >> 32);
+      for (int pass = 0; pass < kPasses; ++pass) hist[pass][(k >> (kDigit * pass)) & (kBuckets - 1)]++;
+    }
   }
-  uint64_t* src = items;
-  uint64_t* dst = tmp;
+  const uint64_t* first = nullptr;  // an item, to test for passes with one bucket
+  for (int s = 0; s < n_segs && first == nullptr; ++s) first = segs[s].n ? segs[s].items : nullptr;
+  uint64_t* src = nullptr;  // nullptr: still in the segments
+  uint64_t* dst = b;
   for (int pass = 0; pass < kPasses; ++pass) {
     uint32_t* pos = hist[pass];
     const int shift = 32 + kDigit * pass;
-    if (pos[(src[0] >> shift) & (kBuckets - 1)] == static_cast<uint32_t>(n)) continue;  // one bucket
+    if (pos[(*first >> shift) & (kBuckets - 1)] == static_cast<uint32_t>(n)) continue;  // one bucket
     uint32_t sum = 0;
-    for (int b = 0; b < kBuckets; ++b) {
-      const uint32_t c = pos[b];
-      pos[b] = sum;
+    for (int bucket = 0; bucket < kBuckets; ++bucket) {
+      const uint32_t c = pos[bucket];
+      pos[bucket] = sum;
       sum += c;
     }
-    for (int64_t i = 0; i < n; ++i) {
-      const uint64_t k = src[i];
-      dst[pos[(k >> shift) & (kBuckets - 1)]++] = k;
+    auto scatter = [&](const uint64_t* from, int64_t m) {
+      for (int64_t i = 0; i < m; ++i) {
+        const uint64_t k = from[i];
+        dst[pos[(k >> shift) & (kBuckets - 1)]++] = k;
+      }
+    };
+    if (src == nullptr) {
+      for (int s = 0; s < n_segs; ++s) scatter(segs[s].items, segs[s].n);
+    } else {
+      scatter(src, n);
     }
-    std::swap(src, dst);
+    src = dst;
+    dst = src == a ? b : a;
   }
-  if (src != items) std::memcpy(items, src, static_cast<size_t>(n) * sizeof(uint64_t));
+  if (src == nullptr) {  // every item has the same key: the segments, as they are
+    if (n_segs == 1) return segs[0].items;
+    int64_t at = 0;
+    for (int s = 0; s < n_segs; ++s) {
+      std::memmove(b + at, segs[s].items, static_cast<size_t>(segs[s].n) * sizeof(uint64_t));
+      at += segs[s].n;
+    }
+    src = b;
+  }
+  return src;
 }
 
 // From this many items on, 11-bit digits (3 passes) beat bytes (4 passes): below it the three
 // 2048-bucket prefix sums cost more than the 4th pass (measured, BENCHMARKS.md).
 constexpr int64_t kWideDigitMinItems = int64_t(1) << 9;
 
+// The MSD pass aims at buckets of this many items: two of them (items and scratch) fit the L2
+// cache, where the bucket's own sort runs (measured, BENCHMARKS.md).
+constexpr int64_t kMsdBucketItems = int64_t(1) << 15;
+
+constexpr int kTopBits = 16;
+
+// The MSD path of sort_segments: buckets of consecutive top-16-bit values, each bucket sorted
+// in place in b (with a as its scratch).
+const uint64_t* msd_sort_segments(const std::vector<Segment>& segs, int64_t n, uint64_t* a, uint64_t* b,
+                            std::vector<uint32_t>& hist) {
+  constexpr int64_t kValues = int64_t(1) << kTopBits;
+  hist.assign(2 * kValues, 0);
+  uint32_t* count = hist.data();
+  uint32_t* bucket_of = hist.data() + kValues;
+  for (const Segment& s : segs) {
+    for (int64_t i = 0; i < s.n; ++i) count[s.items[i] >> (64 - kTopBits)]++;
+  }
+  // Greedy buckets: consecutive values until the next would pass kMsdBucketItems.
+  std::vector<int64_t> start;  // first slot of each bucket
+  int64_t filled = 0, in_bucket = kMsdBucketItems;
+  for (int64_t v = 0; v < kValues; ++v) {
+    if (count[v] == 0) continue;
+    if (in_bucket + count[v] > kMsdBucketItems) {
+      start.push_back(filled);
+      in_bucket = 0;
+    }
+    bucket_of[v] = static_cast<uint32_t>(start.size() - 1);
+    in_bucket += count[v];
+    filled += count[v];
+  }
+  start.push_back(n);
+  std::vector<int64_t> pos(start.begin(), start.end() - 1);
+  for (const Segment& s : segs) {
+    for (int64_t i = 0; i < s.n; ++i) {
+      const uint64_t k = s.items[i];
+      b[pos[bucket_of[k >> (64 - kTopBits)]]++] = k;
+    }
+  }
+  for (size_t i = 0; i + 1 < start.size(); ++i) sort_by_key(b + start[i], start[i + 1] - start[i], a + start[i]);
+  return b;
+}
+
 }  // namespace
 
 void sort_by_key(uint64_t* items, int64_t n, uint64_t* tmp) {
-  if (n > kWideDigitMinItems) {
-    radix_sort_by_key<11>(items, n, tmp);
-  } else {
-    radix_sort_by_key<8>(items, n, tmp);
+  if (n < 2) return;
+  const Segment seg{items, n};
+  const uint64_t* out = n > kWideDigitMinItems ? radix_sort_segments<11>(&seg, 1, n, items, tmp)
+                                               : radix_sort_segments<8>(&seg, 1, n, items, tmp);
+  if (out != items) std::memcpy(items, out, static_cast<size_t>(n) * sizeof(uint64_t));
+}
+
+const uint64_t* sort_segments(const std::vector<Segment>& segs, int64_t n, uint64_t* a, uint64_t* b,
+                              int64_t msd_items, std::vector<uint32_t>& hist) {
+  if (n >= 2 && n >= msd_items) return msd_sort_segments(segs, n, a, b, hist);
+  if (n < 2) {
+    for (const Segment& s : segs) {
+      if (s.n) b[0] = s.items[0];
+    }
+    return b;
   }
+  return n > kWideDigitMinItems ? radix_sort_segments<11>(segs.data(), static_cast<int>(segs.size()), n, a, b)
+                                : radix_sort_segments<8>(segs.data(), static_cast<int>(segs.size()), n, a, b);
 }
 
 void prefetch_items(const uint64_t* items, uint64_t* scratch, int64_t n) {

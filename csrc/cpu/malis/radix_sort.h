@@ -2,13 +2,29 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace seglosses {
 namespace malis {
 
+// A run of items in memory.
+struct Segment {
+  const uint64_t* items;
+  int64_t n;
+};
+
 // Sorts n items (key in the upper 32 bits, payload in the lower 32) by key, stably (ties keep
 // their order, which is index order). tmp: n items of scratch; the result is left in items.
 void sort_by_key(uint64_t* items, int64_t n, uint64_t* tmp);
+
+// Sorts the items of segs, taken in order (ties keep it), by key, stably. a, b: n items each; the
+// segments may lie inside a (they are read before a is written) but not inside b. Returns where
+// the sorted items are (a, b, or the only segment when every key is the same). From msd_items items on (tuning.h), a first pass distributes the
+// items by their key's top 16 bits into buckets of about kMsdBucketItems, each then sorted in
+// cache: a part too big for the cache pays one scattered pass over memory instead of three.
+// hist: scratch for the top-16-bit histogram.
+const uint64_t* sort_segments(const std::vector<Segment>& segs, int64_t n, uint64_t* a, uint64_t* b,
+                              int64_t msd_items, std::vector<uint32_t>& hist);
 
 // Asks for items (read) and the sort scratch (written) to be brought into cache before a sort of
 // a part, whose scatter would otherwise miss the cache one item at a time.

@@ -9,12 +9,31 @@ namespace {
 // How single_label_sweep_impl keeps the merges' counts.
 enum class Record { kNone, kAll, kCountedOnly };
 
+// Prefetches the union-find nodes of the edges ahead: the endpoints kFar items ahead, their
+// parents kNear items ahead. Always inlined: GCC takes a function that only prefetches for one
+// without effects and drops its calls.
+SEGLOSSES_ALWAYS_INLINE void prefetch_ahead(const Node* nodes, const int64_t* delta, const uint64_t* items, int64_t i, int64_t n,
+                           int shift, uint32_t vmask) {
+  constexpr int64_t kFar = 16, kNear = 8;
+  if (i + kFar < n) {
+    const uint32_t pf = static_cast<uint32_t>(items[i + kFar]);
+    const uint32_t vf = pf & vmask;
+    __builtin_prefetch(nodes + vf);
+    __builtin_prefetch(nodes + vf + delta[pf >> shift]);
+  }
+  if (i + kNear < n) {
+    const uint32_t pn = static_cast<uint32_t>(items[i + kNear]);
+    const uint32_t vn = pn & vmask;
+    __builtin_prefetch(nodes + nodes[vn].parent);
+    __builtin_prefetch(nodes + nodes[vn + delta[pn >> shift]].parent);
+  }
+}
+
 // Branch-free: a non-merging edge (same root) runs the same code as a no-op, so the unpredictable
 // outcome costs no mispredicted branch (the outcome enters as masks, which compilers keep as data;
 // written as selects, GCC made a branch of them).
-template <Record kRecord>
-void single_label_sweep_impl(Node* nodes, const SweepState& st, const uint64_t* items, int64_t n, int64_t& n_merges,
-                             uint64_t& total, int64_t& joined) {
+template <Record kRecord, bool kPrefetch>
+void single_label_sweep_impl(Node* nodes, const SweepState& st, const uint64_t* items, int64_t n, Records& rec) {
   auto find = [nodes](uint32_t x) {
     uint32_t r = nodes[nodes[x].parent].parent;
     while (nodes[r].parent != r) r = nodes[nodes[r].parent].parent;
@@ -26,10 +45,11 @@ void single_label_sweep_impl(Node* nodes, const SweepState& st, const uint64_t* 
   const uint32_t vmask = st.vmask;
   const uint32_t V = static_cast<uint32_t>(st.g.V);
   const uint8_t* counted = st.counted;
-  Merge* const merges = st.res.merges;
-  int64_t nm = n_merges, nj = 0;
+  Merge* const merges = rec.merges;
+  int64_t nm = rec.n, nj = 0;
   uint64_t sum = 0;
   for (int64_t i = 0; i < n; ++i) {
+    if constexpr (kPrefetch) prefetch_ahead(nodes, delta, items, i, n, shift, vmask);
     const uint32_t payload = static_cast<uint32_t>(items[i]);
     const uint32_t c = payload >> shift, v = payload & vmask;
     const uint32_t ra = find(v), rb = find(static_cast<uint32_t>(v + delta[c]));
@@ -52,59 +72,61 @@ void single_label_sweep_impl(Node* nodes, const SweepState& st, const uint64_t* 
     nodes[big].size = s_big + (s_small & all);
     nj += merge;
   }
-  n_merges = nm;
-  total += sum;
-  joined += nj;
+  rec.n = nm;
+  rec.total_pos += sum;
+  rec.joined += nj;
 }
 
 static_assert(kCounted == 4, "single_label_sweep_impl reads kCounted as bit 2");
 
-// Prefetches the union-find nodes of the edges ahead: the endpoints kFar items ahead, their
-// parents kNear items ahead.
-inline void prefetch_ahead(const Node* nodes, const Geometry& g, const uint64_t* items, int64_t i, int64_t n, int shift,
-                           uint32_t vmask) {
-  constexpr int64_t kFar = 16, kNear = 8;
-  if (i + kFar < n) {
-    const uint32_t pf = static_cast<uint32_t>(items[i + kFar]);
-    const uint32_t vf = pf & vmask;
-    __builtin_prefetch(nodes + vf);
-    __builtin_prefetch(nodes + vf + g.delta[pf >> shift]);
-  }
-  if (i + kNear < n) {
-    const uint32_t pn = static_cast<uint32_t>(items[i + kNear]);
-    const uint32_t vn = pn & vmask;
-    __builtin_prefetch(nodes + nodes[vn].parent);
-    __builtin_prefetch(nodes + nodes[vn + g.delta[pn >> shift]].parent);
+template <bool kPrefetch>
+void single_label_sweep_as(Node* nodes, const SweepState& st, const uint64_t* items, int64_t n, Count count,
+                           Records& rec) {
+  if (count == Count::kNothing) {
+    single_label_sweep_impl<Record::kNone, kPrefetch>(nodes, st, items, n, rec);
+  } else if (st.counted != nullptr) {
+    single_label_sweep_impl<Record::kCountedOnly, kPrefetch>(nodes, st, items, n, rec);
+  } else {
+    single_label_sweep_impl<Record::kAll, kPrefetch>(nodes, st, items, n, rec);
   }
 }
 
 }  // namespace
 
-void single_label_sweep(Components& comp, SweepState& st, const uint64_t* items, int64_t n, Count count) {
-  int64_t joined = 0;
-  SampleResult& r = st.res;
-  if (count == Count::kNothing) {
-    single_label_sweep_impl<Record::kNone>(comp.nodes(), st, items, n, r.n_merges, r.total_pos, joined);
-  } else if (st.counted != nullptr) {
-    single_label_sweep_impl<Record::kCountedOnly>(comp.nodes(), st, items, n, r.n_merges, r.total_pos, joined);
-  } else {
-    single_label_sweep_impl<Record::kAll>(comp.nodes(), st, items, n, r.n_merges, r.total_pos, joined);
-  }
-  st.n_components -= joined;
+uint64_t SampleResult::total_pos() const {
+  uint64_t t = 0;
+  for (const Records& r : records) t += r.total_pos;
+  return t;
 }
 
-void sweep(Components& comp, SweepState& st, const uint64_t* items, int64_t n, Count count) {
+uint64_t SampleResult::total_neg() const {
+  uint64_t t = 0;
+  for (const Records& r : records) t += r.total_neg;
+  return t;
+}
+
+void single_label_sweep(Node* nodes, const SweepState& st, const uint64_t* items, int64_t n, Count count,
+                        Records& rec) {
+  if (n > kInCacheItems) {
+    single_label_sweep_as<true>(nodes, st, items, n, count, rec);
+  } else {
+    single_label_sweep_as<false>(nodes, st, items, n, count, rec);
+  }
+}
+
+int64_t sweep(Components& comp, const SweepState& st, const uint64_t* items, int64_t n, Count count, Records& rec,
+              int64_t n_components) {
   const Node* nodes = comp.nodes();
   const int64_t V = st.g.V;
+  const int64_t* delta = st.g.delta.data();
   const bool count_pos = count == Count::kSamePairs || count == Count::kBoth;
   const bool count_neg = count == Count::kDifferentPairs || count == Count::kBoth;
-  SampleResult& r = st.res;
-  for (int64_t i = 0; i < n && st.n_components > 1; ++i) {
-    prefetch_ahead(nodes, st.g, items, i, n, st.shift, st.vmask);
+  for (int64_t i = 0; i < n && n_components > 1; ++i) {
+    prefetch_ahead(nodes, delta, items, i, n, st.shift, st.vmask);
     const uint32_t payload = static_cast<uint32_t>(items[i]);
     const uint32_t c = payload >> st.shift, v = payload & st.vmask;
     const uint32_t a = comp.find(v);
-    const uint32_t b = comp.find(static_cast<uint32_t>(v + st.g.delta[c]));
+    const uint32_t b = comp.find(static_cast<uint32_t>(v + delta[c]));
     if (a == b) continue;
     const uint64_t na = comp.labelled(a), nb = comp.labelled(b);
     if (na != 0 && nb != 0 && count != Count::kNothing) {
@@ -113,15 +135,17 @@ void sweep(Components& comp, SweepState& st, const uint64_t* items, int64_t n, C
         const uint64_t same = comp.same_label_pairs(a, b);
         const uint64_t pos = count_pos ? same : 0;
         const uint64_t neg = count_neg ? na * nb - same : 0;
-        if (pos != 0) r.merges[r.n_merges++] = {pos, static_cast<uint32_t>(e), 0};
-        if (neg != 0) r.merges[r.n_merges++] = {neg, static_cast<uint32_t>(e), 1};
-        r.total_pos += pos;
-        r.total_neg += neg;
+        if (pos != 0) rec.merges[rec.n++] = {pos, static_cast<uint32_t>(e), 0};
+        if (neg != 0) rec.merges[rec.n++] = {neg, static_cast<uint32_t>(e), 1};
+        rec.total_pos += pos;
+        rec.total_neg += neg;
       }
     }
     comp.unite(a, b);
-    --st.n_components;
+    --n_components;
+    ++rec.joined;
   }
+  return n_components;
 }
 
 void prefetch_nodes(const Node* nodes, const Geometry& g, const uint64_t* items, int64_t n, int shift, uint32_t vmask) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "components.h"
 #include "geometry.h"
@@ -19,11 +20,20 @@ struct Merge {
   uint32_t neg;
 };
 
-// A sample's records (of every pass) and the totals of the counts kept.
-struct SampleResult {
+// The merges one task (a sweep of a part, a piece, a group) records in a region of its own, and
+// the totals of the counts it keeps.
+struct Records {
   Merge* merges = nullptr;
-  int64_t n_merges = 0;
+  int64_t n = 0;
   uint64_t total_pos = 0, total_neg = 0;
+  int64_t joined = 0;  // unions the task made in the sample's union-find
+};
+
+// A sample's records, of every task of every pass.
+struct SampleResult {
+  std::vector<Records> records;
+  uint64_t total_pos() const;
+  uint64_t total_neg() const;
 };
 
 struct SweepState {
@@ -31,17 +41,23 @@ struct SweepState {
   int shift;
   uint32_t vmask;          // (1 << shift) - 1: the voxel bits of a payload
   const uint8_t* counted;  // flags (kCounted: the edge's count is kept), or nullptr: all kept
-  SampleResult& res;
-  int64_t n_components;
 };
+
+// Parts of up to this many items are sorted and swept in cache: a prefetch pass over their items
+// before the sort and over their nodes before the sweep. Bigger ones prefetch the nodes inside the
+// sweep, some items ahead (measured, BENCHMARKS.md).
+constexpr int64_t kInCacheItems = int64_t(1) << 18;
 
 // Kruskal over sorted items of a group whose every edge joins two voxels of the same non-zero
 // label (components stay single-label, so a merge joins size_a * size_b same-label pairs);
-// count: kSamePairs or kNothing. Call comp.restore_single_label_info after the last part.
-void single_label_sweep(Components& comp, SweepState& st, const uint64_t* items, int64_t n, Count count);
+// count: kSamePairs or kNothing. Call Components::restore_single_label_info after the last part.
+void single_label_sweep(Node* nodes, const SweepState& st, const uint64_t* items, int64_t n, Count count,
+                        Records& rec);
 
-// Kruskal over sorted items with label histograms, counting what count says.
-void sweep(Components& comp, SweepState& st, const uint64_t* items, int64_t n, Count count);
+// Kruskal over sorted items with label histograms, counting what count says. n_components: the
+// components before; returns those left (the sweep stops at one).
+int64_t sweep(Components& comp, const SweepState& st, const uint64_t* items, int64_t n, Count count, Records& rec,
+              int64_t n_components);
 
 // Asks for the union-find nodes of the items' endpoints to be brought into cache. Run just before
 // a part's sweep, this independent pass overlaps the cache misses that the sweep, whose steps

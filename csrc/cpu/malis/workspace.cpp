@@ -1,5 +1,7 @@
 #include "workspace.h"
 
+#include "tasks.h"
+
 #include <c10/util/Exception.h>
 
 #if __has_include(<sys/mman.h>)
@@ -44,9 +46,33 @@ void* allocate(size_t bytes, const char* fn) {
   return p;
 }
 
+// Merge chunks hold at least this many records: a few chunks per sample.
+constexpr int64_t kMergeChunk = int64_t(1) << 20;
+
+Records MergeArena::take(int64_t n) {
+  if (n > left_) {
+    if (at_ != nullptr) ++chunk_;
+    if (chunk_ == chunks_.size()) chunks_.emplace_back();
+    left_ = std::max(n, kMergeChunk);
+    at_ = chunks_[chunk_].get(left_, fn_);
+  }
+  Records r;
+  r.merges = at_;
+  at_ += n;
+  left_ -= n;
+  return r;
+}
+
 int64_t Workspace::release() {
-  return items.release() + tmp.release() + merges.release() + nodes.release() + info.release() + flags.release() +
-         labels.release();
+  int64_t bytes = first.release() + second.release() + cut.release() + nodes.release() + gnodes.release() +
+                  info.release() + events.release() + flags.release() + labels.release() + task_a.release() +
+                  task_b.release();
+  for (Buffer<Merge>& m : merges) bytes += m.release();
+  merges.clear();
+  bytes += static_cast<int64_t>(hist.capacity() * sizeof(uint32_t) + segs.capacity() * sizeof(Segment));
+  std::vector<uint32_t>().swap(hist);
+  std::vector<Segment>().swap(segs);
+  return bytes;
 }
 
 Workspace& workspace() {
@@ -76,11 +102,14 @@ int64_t release_all_workspaces() {
   return bytes;
 }
 
-const int32_t* int32_labels(const int32_t* seg, int64_t, const char*) { return seg; }
+const int32_t* int32_labels(const int32_t* seg, int64_t, const char*, int) { return seg; }
 
-const int32_t* int32_labels(const int64_t* seg, int64_t V, const char* fn) {
+const int32_t* int32_labels(const int64_t* seg, int64_t V, const char* fn, int threads) {
   int32_t* out = workspace().labels.get(V, fn);
-  for (int64_t v = 0; v < V; ++v) out[v] = static_cast<int32_t>(seg[v]);
+  run_tasks(threads, threads, [&](int64_t t) {
+    const int64_t begin = V * t / threads, end = V * (t + 1) / threads;
+    for (int64_t v = begin; v < end; ++v) out[v] = static_cast<int32_t>(seg[v]);
+  });
   return out;
 }
 

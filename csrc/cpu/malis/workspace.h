@@ -9,8 +9,11 @@
 #include <cstdlib>
 #include <memory>
 #include <shared_mutex>
+#include <vector>
 
 #include "components.h"
+#include "radix_sort.h"
+#include "split.h"
 #include "sweep.h"
 
 namespace seglosses {
@@ -50,13 +53,36 @@ class Buffer {
   int64_t cap_ = 0;
 };
 
+// Merge records in regions of their own (one per task), from chunks that stay where they are
+// while the sample's tasks fill them.
+class MergeArena {
+ public:
+  MergeArena(std::vector<Buffer<Merge>>& chunks, const char* fn) : chunks_(chunks), fn_(fn) {}
+
+  // Room for n records.
+  Records take(int64_t n);
+
+ private:
+  std::vector<Buffer<Merge>>& chunks_;
+  const char* fn_;
+  size_t chunk_ = 0;
+  Merge* at_ = nullptr;
+  int64_t left_ = 0;
+};
+
 struct Workspace {
-  Buffer<uint64_t> items, tmp;
-  Buffer<Merge> merges;
-  Buffer<Node> nodes;
+  // A sample's buffers (on the thread that runs the sample).
+  Buffer<uint64_t> first, second, cut;
+  std::vector<Buffer<Merge>> merges;
+  Buffer<Node> nodes, gnodes;
   Buffer<LabelInfo> info;
+  Buffer<Event> events;
   Buffer<uint8_t> flags;
   Buffer<int32_t> labels;
+  // A task's scratch (on the thread that runs the task, which may be the sample's).
+  Buffer<uint64_t> task_a, task_b;
+  std::vector<uint32_t> hist;
+  std::vector<Segment> segs;
 
   int64_t release();
 };
@@ -79,8 +105,8 @@ int64_t release_all_workspaces();
 // A sample's labels as int32: int32 labels as they are; int64 labels (whose values the op's input
 // checks found to fit) narrowed into the thread's workspace (cheaper than a fresh int32 tensor, and
 // than reading 8-byte labels in every pass; BENCHMARKS.md).
-const int32_t* int32_labels(const int32_t* seg, int64_t V, const char* fn);
-const int32_t* int32_labels(const int64_t* seg, int64_t V, const char* fn);
+const int32_t* int32_labels(const int32_t* seg, int64_t V, const char* fn, int threads);
+const int32_t* int32_labels(const int64_t* seg, int64_t V, const char* fn, int threads);
 
 }  // namespace malis
 }  // namespace seglosses
