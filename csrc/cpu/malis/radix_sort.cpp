@@ -66,8 +66,8 @@ const uint64_t* radix_sort_segments(const Segment* segs, int n_segs, int64_t n, 
 // 2048-bucket prefix sums cost more than the 4th pass (measured, BENCHMARKS.md).
 constexpr int64_t kWideDigitMinItems = int64_t(1) << 9;
 
-// The MSD pass aims at buckets of this many items: two of them (items and scratch) fit the L2
-// cache, where the bucket's own sort runs (measured, BENCHMARKS.md).
+// The MSD pass aims at buckets of this many items: two of them (items and scratch, 512 KiB) fit
+// the L2 cache, where the bucket's own sort runs.
 constexpr int64_t kMsdBucketItems = int64_t(1) << 15;
 
 constexpr int kTopBits = 16;

@@ -33,14 +33,7 @@ int64_t piece_sweep_impl(Node* nodes, const SweepState& st, const uint64_t* item
   int64_t nm = rec.n, ne = 0, nj = 0;
   uint64_t sum = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if constexpr (kPrefetch) {
-      constexpr int64_t kAhead = 16;
-      if (i + kAhead < n) {
-        const uint32_t pf = static_cast<uint32_t>(items[i + kAhead]);
-        __builtin_prefetch(nodes + (pf & vmask));
-        __builtin_prefetch(nodes + (pf & vmask) + delta[pf >> shift]);
-      }
-    }
+    if constexpr (kPrefetch) prefetch_ahead(nodes, delta, items, i, n, shift, vmask);
     const uint64_t item = items[i];
     const uint32_t payload = static_cast<uint32_t>(item);
     const uint32_t c = payload >> shift, v = payload & vmask;
@@ -105,6 +98,10 @@ int64_t piece_sweep(Node* nodes, const SweepState& st, const uint64_t* items, in
   return piece_sweep_as<false>(nodes, st, items, n, l, span, count, rec, events);
 }
 
+// The global pass asks for the nodes of the event this many events ahead in the same piece, as
+// far ahead as the sweep's own prefetch (sweep.h).
+constexpr int64_t kGlobalPrefetchAhead = 16;
+
 void global_pass(const std::vector<PieceEvents>& pieces, const Slabs& slabs, const SweepState& st, Count count,
                  Node* gnodes, Records& rec, std::vector<uint64_t>& cut_merges) {
   const int n_pieces = static_cast<int>(pieces.size());
@@ -118,15 +115,23 @@ void global_pass(const std::vector<PieceEvents>& pieces, const Slabs& slabs, con
     return find_root(gnodes, r);
   };
   const int64_t V = st.g.V;
+  const bool record = count != Count::kNothing;
   for (;;) {
     int s = -1;  // the piece whose next event comes first
     for (int p = 0; p < n_pieces; ++p) {
       if (next[p] < pieces[p].n && (s < 0 || pieces[p].events[next[p]].item < pieces[s].events[next[s]].item)) s = p;
     }
     if (s < 0) break;
+    if (next[s] + kGlobalPrefetchAhead < pieces[s].n) {
+      const Event& ahead = pieces[s].events[next[s] + kGlobalPrefetchAhead];
+      __builtin_prefetch(gnodes + ahead.a);
+      if (ahead.b != kCutEnd) __builtin_prefetch(gnodes + ahead.b);
+    }
     const Event& ev = pieces[s].events[next[s]++];
     const uint32_t payload = static_cast<uint32_t>(ev.item);
     const uint32_t c = payload >> st.shift, v = payload & st.vmask;
+    const int64_t e = int64_t(c) * V + v;
+    const bool counted = record && (st.counted == nullptr || (st.counted[e] & kCounted));
     uint32_t ga, gb;
     if (ev.b == kCutEnd) {  // the other end's event is next in the other end's piece
       const uint32_t w = static_cast<uint32_t>(v + st.g.delta[c]);
@@ -136,14 +141,30 @@ void global_pass(const std::vector<PieceEvents>& pieces, const Slabs& slabs, con
       const Event& other = pieces[s2].events[next[s2]++];
       ga = enter(ev.a, ev.size_a);
       gb = enter(other.a, other.size_a);
+    } else if ((ev.size_a ^ ev.size_b) & kMarked) {
+      // A merge of an unmarked component into a marked one (the common event): the unmarked
+      // root needs a node only if it stays the piece's root (the bigger of the two).
+      const bool a_clean = (ev.size_a & kMarked) == 0;
+      const uint32_t clean = a_clean ? ev.a : ev.b, marked = a_clean ? ev.b : ev.a;
+      const uint32_t clean_size = a_clean ? ev.size_a : ev.size_b;
+      const uint32_t marked_local = (a_clean ? ev.size_b : ev.size_a) & kSizeBits;
+      const uint32_t g = find_root(gnodes, marked);
+      const uint32_t sg = gnodes[g].size;
+      if (counted) {
+        const uint64_t pairs = uint64_t(sg) * clean_size;
+        rec.merges[rec.n++] = {pairs, static_cast<uint32_t>(e), 0};
+        rec.total_pos += pairs;
+      }
+      gnodes[g].size = sg + clean_size;
+      if (clean_size >= marked_local && (a_clean || clean_size > marked_local)) gnodes[clean] = {g, 0};
+      continue;
     } else {
-      ga = enter(ev.a, ev.size_a);
-      gb = enter(ev.b, ev.size_b);
+      ga = find_root(gnodes, ev.a);
+      gb = find_root(gnodes, ev.b);
     }
     if (ga == gb) continue;
     const uint32_t sa = gnodes[ga].size, sb = gnodes[gb].size;
-    const int64_t e = int64_t(c) * V + v;
-    if (count != Count::kNothing && (st.counted == nullptr || (st.counted[e] & kCounted))) {
+    if (counted) {
       const uint64_t pairs = uint64_t(sa) * sb;
       rec.merges[rec.n++] = {pairs, static_cast<uint32_t>(e), 0};
       rec.total_pos += pairs;

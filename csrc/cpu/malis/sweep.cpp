@@ -9,26 +9,6 @@ namespace {
 // How single_label_sweep_impl keeps the merges' counts.
 enum class Record { kNone, kAll, kCountedOnly };
 
-// Prefetches the union-find nodes of the edges ahead: the endpoints kFar items ahead, their
-// parents kNear items ahead. Always inlined: GCC takes a function that only prefetches for one
-// without effects and drops its calls.
-SEGLOSSES_ALWAYS_INLINE void prefetch_ahead(const Node* nodes, const int64_t* delta, const uint64_t* items, int64_t i, int64_t n,
-                           int shift, uint32_t vmask) {
-  constexpr int64_t kFar = 16, kNear = 8;
-  if (i + kFar < n) {
-    const uint32_t pf = static_cast<uint32_t>(items[i + kFar]);
-    const uint32_t vf = pf & vmask;
-    __builtin_prefetch(nodes + vf);
-    __builtin_prefetch(nodes + vf + delta[pf >> shift]);
-  }
-  if (i + kNear < n) {
-    const uint32_t pn = static_cast<uint32_t>(items[i + kNear]);
-    const uint32_t vn = pn & vmask;
-    __builtin_prefetch(nodes + nodes[vn].parent);
-    __builtin_prefetch(nodes + nodes[vn + delta[pn >> shift]].parent);
-  }
-}
-
 // Branch-free: a non-merging edge (same root) runs the same code as a no-op, so the unpredictable
 // outcome costs no mispredicted branch (the outcome enters as masks, which compilers keep as data;
 // written as selects, GCC made a branch of them).
