@@ -163,7 +163,11 @@ void malis_sample(const Call& call, const Kernels<scalar_t>& k, const Sample<sca
     Components comp(nodes, info);
     int64_t n_components = V;
     if (!one_part) {
-      const LabelParts parts{rooms, first, part_voxels, slabs, threads, free_second, free_items};
+      // The parts share the free tail as sort scratch only when they run one after the other (a
+      // one-row sample gets one slab yet may still sweep its parts on several threads).
+      const bool parts_in_turn = threads == 1;
+      const LabelParts parts{rooms,   first, part_voxels, slabs, threads, parts_in_turn ? free_second : nullptr,
+                             parts_in_turn ? free_items : 0};
       const size_t before = res.records.size();
       sweep_label_parts(parts, nodes, st, pass.first, arena, ws, fn, res.records);
       for (size_t i = before; i < res.records.size(); ++i) n_components -= res.records[i].joined;

@@ -21,8 +21,8 @@ struct LabelParts {
   const std::vector<int64_t>& part_voxels;  // [n_slabs * kParts] voxels of each part in each slab
   const Slabs& slabs;
   int threads;
-  // Sort scratch shared by the tasks when they run one after the other (one slab, one thread):
-  // the free tail of the second-group buffer; else nullptr (each thread's own).
+  // Sort scratch shared by the tasks, only when they run one after the other (one slab, one
+  // thread): the free tail of the second-group buffer; else nullptr (each thread's own).
   uint64_t* shared_scratch;
   int64_t shared_scratch_items;
 };
