@@ -293,9 +293,19 @@ def release_cxx_flags(debug: bool) -> list:
 # ---------------------------------------------------------------------------------------------
 # The line before the compile
 # ---------------------------------------------------------------------------------------------
-# CPU seconds per translation unit, measured with /usr/bin/time on the 2-core build machine
-# (DEVELOPERS.md, "Build time"); the estimate assumes ninja compiles them in parallel.
-CPU_UNIT_SECONDS = {"dice_cpu.cpp": 85.0, "malis_cpu.cpp": 17.0, "seglosses.cpp": 8.0}
+# Seconds per translation unit in ninja's log of a full build on the 2-core build machine, two
+# compiles at a time (DEVELOPERS.md, "Build time"); the estimate assumes ninja compiles them in
+# parallel. The 18 small units of csrc/cpu/malis/ and dice_sigmoid_kernels.cpp are one entry.
+CPU_UNIT_SECONDS = {
+    "csrc/cpu/dice_cpu.cpp": 15.9,
+    "csrc/cpu/connected_components_cpu.cpp": 14.1,
+    "csrc/cpu/malis_cpu.cpp": 10.7,
+    "csrc/cpu/malis/kernels_portable.cpp": 9.3,
+    "csrc/cpu/dice_rows.cpp": 8.8,
+    "csrc/cpu/dice_label_kernels.cpp": 8.6,
+    "csrc/seglosses.cpp": 6.4,
+    "the 18 other units": 35.1,
+}
 # (host code and nvcc's front end, each GPU architecture): the architectures compile in parallel
 # threads (nvcc --threads), so their share of the wall time shrinks with the cores.
 CUDA_UNIT_SECONDS = {"dice_cuda.cu": (19.0, 15.0), "malis_cuda.cu": (19.0, 7.0)}
