@@ -139,30 +139,31 @@ def test_tuning_rejects_unknown_names_and_values():
 # --------------------------------------------------------------------------------------------------
 # Real neuron labels (FIB-25): big, branching, touching parts, the case the split path is for
 # --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def fib25_labels():
-    data_dir = os.environ.get("SEGLOSSES_DATA_DIR") or os.path.join(REPO, "..", "shared", "data")
-    if not os.path.exists(os.path.join(data_dir, "fib25", "groundtruth.h5.gz")):
-        pytest.skip(f"FIB-25 not found in {data_dir} (set SEGLOSSES_DATA_DIR to the folder holding fib25/)")
-    pytest.importorskip("h5py")
+def bench_malis_data():
+    """bench/malis_data.py: the benchmark's FIB-25 reader and its prediction kinds."""
     sys.path.insert(0, os.path.join(REPO, "bench"))
     try:
         import malis_data
     finally:
         sys.path.pop(0)
+    return malis_data
+
+
+@pytest.fixture(scope="module")
+def fib25_labels():
+    malis_data = bench_malis_data()
+    data_dir = malis_data.default_data_dir()
+    if not os.path.exists(os.path.join(data_dir, "fib25", "groundtruth.h5.gz")):
+        pytest.skip(f"FIB-25 not found in {data_dir} (set SEGLOSSES_DATA_DIR to the folder holding fib25/)")
+    pytest.importorskip("h5py")
     return malis_data._fib25(data_dir)
 
 
 @pytest.mark.parametrize("origin", [(0, 0, 0), (100, 100, 100)])
 def test_real_labels_on_several_threads_are_bitwise_the_one_thread_result(fib25_labels, origin):
-    sys.path.insert(0, os.path.join(REPO, "bench"))
-    try:
-        import malis_data
-    finally:
-        sys.path.pop(0)
     crop = np.ascontiguousarray(fib25_labels[tuple(slice(o, o + 64) for o in origin)])
     seg = torch.from_numpy(crop[None])
-    pred = torch.from_numpy(malis_data.predictions(crop, "smooth", np.random.default_rng(0))[None])
+    pred = torch.from_numpy(bench_malis_data().predictions(crop, "smooth", np.random.default_rng(0))[None])
     ref = counts(pred, seg, NN3_POS, num_threads=1)
     for threads in (2, 4):
         got = counts(pred, seg, NN3_POS, num_threads=threads)
