@@ -57,7 +57,7 @@ int64_t piece_sweep_impl(Node* nodes, const SweepState& st, const uint64_t* item
       const uint64_t count = uint64_t(sa) * (sb & all);
       uint32_t keep = merge & ~dirty;
       if constexpr (kRecord == Record::kCountedOnly) keep &= static_cast<uint32_t>(counted[e] >> 2);
-      merges[nm] = {count, e, 0};
+      merges[nm] = {count, e};
       nm += keep;
       sum += count & (0ull - keep);
     }
@@ -152,7 +152,7 @@ void global_pass(const std::vector<PieceEvents>& pieces, const Slabs& slabs, con
       const uint32_t sg = gnodes[g].size;
       if (counted) {
         const uint64_t pairs = uint64_t(sg) * clean_size;
-        rec.merges[rec.n++] = {pairs, static_cast<uint32_t>(e), 0};
+        rec.merges[rec.n++] = {pairs, static_cast<uint32_t>(e)};
         rec.total_pos += pairs;
       }
       gnodes[g].size = sg + clean_size;
@@ -166,7 +166,7 @@ void global_pass(const std::vector<PieceEvents>& pieces, const Slabs& slabs, con
     const uint32_t sa = gnodes[ga].size, sb = gnodes[gb].size;
     if (counted) {
       const uint64_t pairs = uint64_t(sa) * sb;
-      rec.merges[rec.n++] = {pairs, static_cast<uint32_t>(e), 0};
+      rec.merges[rec.n++] = {pairs, static_cast<uint32_t>(e)};
       rec.total_pos += pairs;
     }
     if (ev.b == kCutEnd) cut_merges.push_back(ev.item);

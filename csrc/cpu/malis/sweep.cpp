@@ -44,7 +44,7 @@ void single_label_sweep_impl(Node* nodes, const SweepState& st, const uint64_t* 
       const uint64_t count = uint64_t(sa) * (sb & all);
       uint32_t keep = merge;
       if constexpr (kRecord == Record::kCountedOnly) keep &= static_cast<uint32_t>(counted[e] >> 2);
-      merges[nm] = {count, e, 0};
+      merges[nm] = {count, e};
       nm += keep;
       sum += count & (0ull - keep);
     }
@@ -115,8 +115,8 @@ int64_t sweep(Components& comp, const SweepState& st, const uint64_t* items, int
         const uint64_t same = comp.same_label_pairs(a, b);
         const uint64_t pos = count_pos ? same : 0;
         const uint64_t neg = count_neg ? na * nb - same : 0;
-        if (pos != 0) rec.merges[rec.n++] = {pos, static_cast<uint32_t>(e), 0};
-        if (neg != 0) rec.merges[rec.n++] = {neg, static_cast<uint32_t>(e), 1};
+        if (pos != 0) rec.merges[rec.n++] = {pos, static_cast<uint32_t>(e)};
+        if (neg != 0) rec.merges[rec.n++] = {neg | Merge::kNeg, static_cast<uint32_t>(e)};
         rec.total_pos += pos;
         rec.total_neg += neg;
       }

@@ -14,9 +14,9 @@ void write_weights(const Records& r, double sp, double sn, float* out) {
   for (int64_t i = 0; i < r.n; ++i) {
     if (i + kWritePrefetchAhead < r.n) __builtin_prefetch(out + r.merges[i + kWritePrefetchAhead].edge, 1);
     const Merge& m = r.merges[i];
-    double weight = double(m.count) * (m.neg ? sn : sp);
+    double weight = double(m.count()) * (m.neg() ? sn : sp);
     // An unconstrained merge with both counts: its negative record follows its positive one.
-    if (i + 1 < r.n && r.merges[i + 1].edge == m.edge) weight += double(r.merges[++i].count) * sn;
+    if (i + 1 < r.n && r.merges[i + 1].edge == m.edge) weight += double(r.merges[++i].count()) * sn;
     out[m.edge] = static_cast<float>(weight);
   }
 }
@@ -35,7 +35,7 @@ void write_counts(const SampleResult& r, int64_t* pos, int64_t* neg, int threads
     const Records& rec = r.records[i];
     for (int64_t j = 0; j < rec.n; ++j) {
       const Merge& m = rec.merges[j];
-      (m.neg ? neg : pos)[m.edge] = static_cast<int64_t>(m.count);
+      (m.neg() ? neg : pos)[m.edge] = static_cast<int64_t>(m.count());
     }
   });
 }
