@@ -73,13 +73,14 @@ constexpr int64_t kMsdBucketItems = int64_t(1) << 15;
 constexpr int kTopBits = 16;
 
 // The MSD path of sort_segments: buckets of consecutive top-16-bit values, each bucket sorted
-// in place in b (with a as its scratch).
+// in place in b with msd.bucket as its scratch (a for a bucket of one value too big for it).
 const uint64_t* msd_sort_segments(const std::vector<Segment>& segs, int64_t n, uint64_t* a, uint64_t* b,
-                            std::vector<uint32_t>& hist) {
+                                  MsdScratch& msd) {
   constexpr int64_t kValues = int64_t(1) << kTopBits;
-  hist.assign(2 * kValues, 0);
-  uint32_t* count = hist.data();
-  uint32_t* bucket_of = hist.data() + kValues;
+  msd.hist.assign(2 * kValues, 0);
+  msd.bucket.resize(kMsdBucketItems);
+  uint32_t* count = msd.hist.data();
+  uint32_t* bucket_of = msd.hist.data() + kValues;
   for (const Segment& s : segs) {
     for (int64_t i = 0; i < s.n; ++i) count[s.items[i] >> (64 - kTopBits)]++;
   }
@@ -104,7 +105,10 @@ const uint64_t* msd_sort_segments(const std::vector<Segment>& segs, int64_t n, u
       b[pos[bucket_of[k >> (64 - kTopBits)]]++] = k;
     }
   }
-  for (size_t i = 0; i + 1 < start.size(); ++i) sort_by_key(b + start[i], start[i + 1] - start[i], a + start[i]);
+  for (size_t i = 0; i + 1 < start.size(); ++i) {
+    const int64_t m = start[i + 1] - start[i];
+    sort_by_key(b + start[i], m, m <= kMsdBucketItems ? msd.bucket.data() : a + start[i]);
+  }
   return b;
 }
 
@@ -119,8 +123,8 @@ void sort_by_key(uint64_t* items, int64_t n, uint64_t* tmp) {
 }
 
 const uint64_t* sort_segments(const std::vector<Segment>& segs, int64_t n, uint64_t* a, uint64_t* b,
-                              int64_t msd_items, std::vector<uint32_t>& hist) {
-  if (n >= 2 && n >= msd_items) return msd_sort_segments(segs, n, a, b, hist);
+                              int64_t msd_items, MsdScratch& msd) {
+  if (sorts_by_buckets(n, msd_items)) return msd_sort_segments(segs, n, a, b, msd);
   if (n < 2) {
     for (const Segment& s : segs) {
       if (s.n) b[0] = s.items[0];

@@ -31,8 +31,8 @@ Registry& registry() {
 
 }  // namespace
 
-void* allocate(size_t bytes, const char* fn) {
-  if (bytes < kHugePage) {
+void* allocate(size_t bytes, const char* fn, bool huge_pages) {
+  if (bytes < kHugePage || !huge_pages) {
     void* p = std::malloc(std::max<size_t>(bytes, 1));
     TORCH_CHECK(p != nullptr, fn, ": out of memory allocating ", bytes, " bytes of scratch");
     return p;
@@ -69,8 +69,10 @@ int64_t Workspace::release() {
                   task_b.release();
   for (Buffer<Merge>& m : merges) bytes += m.release();
   merges.clear();
-  bytes += static_cast<int64_t>(hist.capacity() * sizeof(uint32_t) + segs.capacity() * sizeof(Segment));
-  std::vector<uint32_t>().swap(hist);
+  bytes += static_cast<int64_t>(msd.hist.capacity() * sizeof(uint32_t) + msd.bucket.capacity() * sizeof(uint64_t) +
+                                segs.capacity() * sizeof(Segment));
+  std::vector<uint32_t>().swap(msd.hist);
+  std::vector<uint64_t>().swap(msd.bucket);
   std::vector<Segment>().swap(segs);
   return bytes;
 }

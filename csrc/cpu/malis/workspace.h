@@ -19,9 +19,9 @@
 namespace seglosses {
 namespace malis {
 
-// malloc, or for sizes >= 2 MiB an aligned allocation with a huge-page hint; raises (naming fn)
-// when out of memory.
-void* allocate(size_t bytes, const char* fn);
+// malloc, or for sizes >= 2 MiB an aligned allocation with a huge-page hint (huge_pages); raises
+// (naming fn) when out of memory.
+void* allocate(size_t bytes, const char* fn, bool huge_pages);
 
 // A grow-only buffer of trivially copyable T, left uninitialised. Large buffers are 2 MiB aligned
 // and asked to be backed by transparent huge pages (fewer TLB misses in the sweep, the radix
@@ -29,10 +29,12 @@ void* allocate(size_t bytes, const char* fn);
 template <typename T>
 class Buffer {
  public:
+  explicit Buffer(bool huge_pages = true) : huge_pages_(huge_pages) {}
+
   T* get(int64_t n, const char* fn) {
     if (n > cap_) {
       data_.reset();  // before the new allocation: the old buffer is not copied
-      data_.reset(static_cast<T*>(allocate(static_cast<size_t>(n) * sizeof(T), fn)));
+      data_.reset(static_cast<T*>(allocate(static_cast<size_t>(n) * sizeof(T), fn, huge_pages_)));
       cap_ = n;
     }
     return data_.get();
@@ -51,6 +53,7 @@ class Buffer {
   };
   std::unique_ptr<T, Free> data_;
   int64_t cap_ = 0;
+  bool huge_pages_;
 };
 
 // Merge records in regions of their own (one per task), from chunks that stay where they are
@@ -71,8 +74,11 @@ class MergeArena {
 };
 
 struct Workspace {
-  // A sample's buffers (on the thread that runs the sample).
-  Buffer<uint64_t> first, second, cut;
+  // A sample's buffers (on the thread that runs the sample). The first-group rooms are written
+  // and read in order, and filled in part: on 2 MiB pages every room would be resident to its
+  // end (10 MiB more for a 128^3 FIB-25 crop, BENCHMARKS.md).
+  Buffer<uint64_t> first{/*huge_pages=*/false};
+  Buffer<uint64_t> second, cut;
   std::vector<Buffer<Merge>> merges;
   Buffer<Node> nodes, gnodes;
   Buffer<LabelInfo> info;
@@ -81,7 +87,7 @@ struct Workspace {
   Buffer<int32_t> labels;
   // A task's scratch (on the thread that runs the task, which may be the sample's).
   Buffer<uint64_t> task_a, task_b;
-  std::vector<uint32_t> hist;
+  MsdScratch msd;
   std::vector<Segment> segs;
 
   int64_t release();
