@@ -20,7 +20,9 @@ inline uint32_t find_root(Node* nodes, uint32_t x) {
 }
 
 // single_label_sweep_impl with marks: branch-free on the merge outcome and on whether it is
-// counted here or recorded as an event; the rare cut edges take a branch.
+// counted here. The events (merges of marked components) and the rare cut edges take a branch:
+// an event stored on every edge, kept or not, made the sweep ~25 % slower than the branch
+// (BENCHMARKS.md).
 template <Record kRecord, bool kPrefetch>
 int64_t piece_sweep_impl(Node* nodes, const SweepState& st, const uint64_t* items, int64_t n, uint32_t lo,
                          uint32_t span, Records& rec, Event* events) {
@@ -61,8 +63,7 @@ int64_t piece_sweep_impl(Node* nodes, const SweepState& st, const uint64_t* item
       nm += keep;
       sum += count & (0ull - keep);
     }
-    events[ne] = {item, ra, rb, wa, wb};
-    ne += dirty;
+    if (dirty) events[ne++] = {item, ra, rb, wa, wb};
     const bool a_big = sa >= sb;
     const uint32_t big = a_big ? ra : rb, small = a_big ? rb : ra;
     const uint32_t s_big = a_big ? sa : sb, s_small = a_big ? sb : sa;
