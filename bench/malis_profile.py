@@ -1,11 +1,16 @@
-"""Loop seglosses.malis_weights on one 128^3 Voronoi sample of bench/malis_data.py, for a profiler.
+"""Loop seglosses.malis_weights on one sample of bench/malis_data.py, for a profiler or an A/B.
+
+The sample: a 128^3 Voronoi volume by default, or one crop of a real segmentation (``--data
+pinky40 --crop 3`` is pinky40's 128^3 crop at (0, 0, 0), one neuron; the crops are
+malis_data.PINKY40_CROPS / FIB25_CROPS, the data folder --data-dir or $SEGLOSSES_DATA_DIR).
 
 Usage (a CPU profile of where the time goes)::
 
     perf record -e cpu-clock -F 5000 -o /tmp/perf.data .venv/bin/python bench/malis_profile.py --calls 40
     perf report -i /tmp/perf.data --no-children --sort symbol
 
-Prints the median seconds per call and CPU seconds per call (one thread) at the end.
+Prints the median and the fastest seconds per call, and CPU seconds per call, at the end (on
+--threads threads; one by default).
 
 A/B against another build (e.g. main's, built in a second checkout): run both side by side,
 alternating, and compare the CPU times::
@@ -19,6 +24,7 @@ alternating, and compare the CPU times::
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -32,7 +38,11 @@ import malis_data  # noqa: E402  (the data of bench/malis_weights.py)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--data", choices=malis_data.DATA_SETS, default="voronoi")
+    parser.add_argument("--crop", type=int, default=0, help="which crop of a real data set (its list's index)")
+    parser.add_argument("--data-dir", default=malis_data.default_data_dir())
+    parser.add_argument("--size", type=int, default=128, help="the Voronoi volume's size")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--pred", choices=malis_data.PRED_KINDS, default="random")
     parser.add_argument("--mask", action="store_true", help="with bench/malis_data.py's mask")
@@ -47,21 +57,27 @@ def main() -> None:
 
     import seglosses
 
-    torch.set_num_threads(1)
-    case = next(malis_data.load_cases("voronoi", args.pred, sizes=[args.size], n_labels=200, seed=0, batch=1,
-                                      mask=args.mask, data_dir=""))
+    torch.set_num_threads(args.threads)
+    # the cases before the crop are made too: their predictions draw from the same generator
+    cases = list(itertools.islice(malis_data.load_cases(args.data, args.pred, sizes=[args.size], n_labels=200, seed=0,
+                                                        batch=1, mask=args.mask, data_dir=args.data_dir),
+                                  args.crop + 1))
+    if args.crop >= len(cases):
+        sys.exit(f"malis_profile.py: no crop {args.crop} of {args.data} (it has {len(cases)})")
+    case = cases[args.crop]
     seg, affs = torch.from_numpy(case.seg), torch.from_numpy(case.affs)
     mask = None if case.mask is None else torch.from_numpy(case.mask)
     nhood = torch.tensor(malis_data.NHOOD)
-    seglosses.malis_weights(affs, seg, nhood, mask=mask)  # warm-up: workspace, code pages
+    threads = args.threads
+    seglosses.malis_weights(affs, seg, nhood, mask=mask, num_threads=threads)  # warm-up: workspace, code pages
     times, cpu = [], []
     for _ in range(args.calls):
         t0, c0 = time.perf_counter(), time.process_time()
-        seglosses.malis_weights(affs, seg, nhood, mask=mask)
+        seglosses.malis_weights(affs, seg, nhood, mask=mask, num_threads=threads)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    print(f"{args.size}^3, 1 thread: {statistics.median(times):.4f} s per call, CPU {statistics.median(cpu):.4f} s "
-          f"(medians of {args.calls})")
+    print(f"{case.name}, {args.pred}, {threads} thread(s): {statistics.median(times):.4f} s per call "
+          f"(fastest {min(times):.4f} s), CPU {statistics.median(cpu):.4f} s (medians of {args.calls})")
 
 
 if __name__ == "__main__":
