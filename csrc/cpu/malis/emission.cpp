@@ -47,16 +47,6 @@ int64_t Rooms::part_items(uint32_t p) const {
   return n;
 }
 
-int64_t Rooms::part_end(uint32_t p) const {
-  return p + 1 < kParts ? start_[index(0, 0) + p + 1] : first_slots_;
-}
-
-std::pair<int64_t, int64_t> Rooms::slab_region(uint32_t p, int s) const {
-  const int64_t begin = start_[index(0, s) + p];
-  const int64_t end = s + 1 < n_slabs_ ? start_[index(0, s + 1) + p] : part_end(p);
-  return {begin, end};
-}
-
 void Rooms::part_segments(uint32_t p, const uint64_t* first, std::vector<Segment>& out) const {
   out.clear();
   for (int64_t c = 0; c < C_; ++c) {

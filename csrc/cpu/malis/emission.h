@@ -14,7 +14,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <utility>
 #include <vector>
 
 #include "../cpu_clones.h"
@@ -67,11 +66,8 @@ class Rooms {
   // Part p's items (after the emission) as segments in index order, and their count.
   int64_t part_items(uint32_t p) const;
   void part_segments(uint32_t p, const uint64_t* first, std::vector<Segment>& out) const;
-  // The first slot of part p's rooms, and the slot after its last room: its items lie in between.
+  // The first slot of part p's rooms.
   int64_t part_begin(uint32_t p) const { return start_[index(0, 0) + p]; }
-  int64_t part_end(uint32_t p) const;
-  // Slots [first, second) hold part p's rooms of slab s.
-  std::pair<int64_t, int64_t> slab_region(uint32_t p, int s) const;
   // The room (p, c, s) after the emission.
   Segment room(const uint64_t* first, uint32_t p, int64_t c, int s) const {
     const int64_t i = index(c, s) + p;

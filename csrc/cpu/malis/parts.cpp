@@ -42,14 +42,8 @@ void run_task(const LabelParts& in, Task& t, Node* nodes, const SweepState& st, 
   if (t.slab < 0) in.rooms.part_segments(t.part, in.first, segs);
   const int64_t n = t.items;
   // a: the LSD sort of a part in cache writes all of it: the thread's scratch, hot from the last
-  // part. The MSD sort of a bigger part seldom writes it (radix_sort.h): the task's own rooms when
-  // they are big enough (nobody else reads them), whose pages past its items stay untouched.
-  const std::pair<int64_t, int64_t> region = t.slab < 0
-                                                 ? std::pair<int64_t, int64_t>{in.rooms.part_begin(t.part),
-                                                                               in.rooms.part_end(t.part)}
-                                                 : in.rooms.slab_region(t.part, t.slab);
-  const bool rooms_as_a = sorts_by_buckets(n, msd_items) && region.second - region.first >= n;
-  uint64_t* a = rooms_as_a ? in.first + region.first : mine.task_a.get(n, fn);
+  // part. The MSD sort of a bigger part does not use it (radix_sort.h).
+  uint64_t* a = sorts_by_buckets(n, msd_items) ? nullptr : mine.task_a.get(n, fn);
   uint64_t* b = in.shared_scratch != nullptr && in.shared_scratch_items >= n ? in.shared_scratch : mine.task_b.get(n, fn);
   const bool in_cache = n <= kInCacheItems;
   if (in_cache) {

@@ -72,13 +72,36 @@ constexpr int64_t kMsdBucketItems = int64_t(1) << 15;
 
 constexpr int kTopBits = 16;
 
+// A bucket of one top-16-bit value with more items than kMsdBucketItems (smooth predictions crowd
+// a few values near 1; a 256^3 sample has ~20 M items for the 2^16 values), sorted in place with
+// tmp (m items) as scratch: one more MSD pass, by the key's next 8 bits into tmp, then each
+// sub-bucket by its last 8 bits back into items, in cache. An LSD sort of the bucket would make
+// two scattered passes over memory instead of one.
+void sort_crowded_bucket(uint64_t* items, int64_t m, uint64_t* tmp) {
+  constexpr int kSubBits = 8;
+  constexpr int kShift = 32 + 8;  // the key's bits 8-15; bits 16-31 are the bucket's value
+  constexpr int kSubs = 1 << kSubBits;
+  int64_t start[kSubs + 1] = {};
+  for (int64_t i = 0; i < m; ++i) start[((items[i] >> kShift) & (kSubs - 1)) + 1]++;
+  for (int d = 0; d < kSubs; ++d) start[d + 1] += start[d];
+  int64_t pos[kSubs];
+  std::copy(start, start + kSubs, pos);
+  for (int64_t i = 0; i < m; ++i) tmp[pos[(items[i] >> kShift) & (kSubs - 1)]++] = items[i];
+  for (int d = 0; d < kSubs; ++d) {
+    const int64_t c = start[d + 1] - start[d];
+    if (c == 0) continue;
+    // Only the key's bits 0-7 differ within a sub-bucket: one pass, from tmp into items.
+    const Segment seg{tmp + start[d], c};
+    const uint64_t* out = radix_sort_segments<8>(&seg, 1, c, tmp + start[d], items + start[d]);
+    if (out != items + start[d]) std::memcpy(items + start[d], out, static_cast<size_t>(c) * sizeof(uint64_t));
+  }
+}
+
 // The MSD path of sort_segments: buckets of consecutive top-16-bit values, each bucket sorted
-// in place in b with msd.bucket as its scratch (a for a bucket of one value too big for it).
-const uint64_t* msd_sort_segments(const std::vector<Segment>& segs, int64_t n, uint64_t* a, uint64_t* b,
-                                  MsdScratch& msd) {
+// in place in b with msd.bucket, as big as the biggest bucket, as its scratch.
+const uint64_t* msd_sort_segments(const std::vector<Segment>& segs, int64_t n, uint64_t* b, MsdScratch& msd) {
   constexpr int64_t kValues = int64_t(1) << kTopBits;
   msd.hist.assign(2 * kValues, 0);
-  msd.bucket.resize(kMsdBucketItems);
   uint32_t* count = msd.hist.data();
   uint32_t* bucket_of = msd.hist.data() + kValues;
   for (const Segment& s : segs) {
@@ -98,6 +121,9 @@ const uint64_t* msd_sort_segments(const std::vector<Segment>& segs, int64_t n, u
     filled += count[v];
   }
   start.push_back(n);
+  int64_t biggest = 0;
+  for (size_t i = 0; i + 1 < start.size(); ++i) biggest = std::max(biggest, start[i + 1] - start[i]);
+  if (static_cast<int64_t>(msd.bucket.size()) < biggest) msd.bucket.resize(biggest);
   std::vector<int64_t> pos(start.begin(), start.end() - 1);
   for (const Segment& s : segs) {
     for (int64_t i = 0; i < s.n; ++i) {
@@ -107,7 +133,11 @@ const uint64_t* msd_sort_segments(const std::vector<Segment>& segs, int64_t n, u
   }
   for (size_t i = 0; i + 1 < start.size(); ++i) {
     const int64_t m = start[i + 1] - start[i];
-    sort_by_key(b + start[i], m, m <= kMsdBucketItems ? msd.bucket.data() : a + start[i]);
+    if (m <= kMsdBucketItems) {
+      sort_by_key(b + start[i], m, msd.bucket.data());
+    } else {  // the greedy buckets pass kMsdBucketItems only with one value
+      sort_crowded_bucket(b + start[i], m, msd.bucket.data());
+    }
   }
   return b;
 }
@@ -124,7 +154,7 @@ void sort_by_key(uint64_t* items, int64_t n, uint64_t* tmp) {
 
 const uint64_t* sort_segments(const std::vector<Segment>& segs, int64_t n, uint64_t* a, uint64_t* b,
                               int64_t msd_items, MsdScratch& msd) {
-  if (sorts_by_buckets(n, msd_items)) return msd_sort_segments(segs, n, a, b, msd);
+  if (sorts_by_buckets(n, msd_items)) return msd_sort_segments(segs, n, b, msd);
   if (n < 2) {
     for (const Segment& s : segs) {
       if (s.n) b[0] = s.items[0];

@@ -18,7 +18,8 @@ struct Segment {
 void sort_by_key(uint64_t* items, int64_t n, uint64_t* tmp);
 
 // The scratch of sort_segments' MSD path, reused across sorts (one per thread): the top-16-bit
-// histogram, and one bucket's worth of items that every bucket's own sort uses, hot in cache.
+// histogram, and the biggest bucket's worth of items that every bucket's own sort uses (hot in
+// cache when the buckets are of the size aimed at).
 struct MsdScratch {
   std::vector<uint32_t> hist;
   std::vector<uint64_t> bucket;
@@ -27,11 +28,10 @@ struct MsdScratch {
 // Sorts the items of segs, taken in order (ties keep it), by key, stably. a, b: n items each; the
 // segments may lie inside a (they are read before a is written) but not inside b. Returns where
 // the sorted items are (a, b, or the only segment when every key is the same). From msd_items
-// items on (tuning.h), a first pass distributes the items by their key's top 16 bits into buckets
-// of about kMsdBucketItems, each then sorted in cache: a part too big for the cache pays one
-// scattered pass over memory instead of three. That path leaves a unwritten unless a bucket of one
-// top-16-bit value is bigger than msd.bucket: a's pages beyond the segments are never touched
-// (resident memory, not only speed: a is the rest of a part's rooms).
+// items on (tuning.h; sorts_by_buckets), a first pass distributes the items by their key's top 16
+// bits into buckets, each then sorted in msd's scratch: a part too big for the cache pays one
+// scattered pass over memory instead of three. That path writes only b: a may be null (a part's
+// rooms past its items are never paged in).
 const uint64_t* sort_segments(const std::vector<Segment>& segs, int64_t n, uint64_t* a, uint64_t* b,
                               int64_t msd_items, MsdScratch& msd);
 
