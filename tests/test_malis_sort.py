@@ -78,3 +78,16 @@ def test_crowded_buckets_count_as_the_lsd_sort(case, n_labels, constrained):
     assert pos_lsd.sum() > 0
     np.testing.assert_array_equal(pos_msd, pos_lsd)
     np.testing.assert_array_equal(neg_msd, neg_lsd)
+
+
+def test_many_buckets_count_as_the_lsd_sort():
+    """Uniform predictions over one label filling 120^3: ~2.7 M items in ~90 buckets, above the
+    count from which the MSD scatter gathers items in lines (kLineScatterMinBuckets)."""
+    rng = np.random.default_rng(3)
+    shape = (120, 120, 120)
+    seg = torch.ones((1,) + shape, dtype=torch.int64)
+    pred = torch.from_numpy(rng.random((1, 3) + shape, dtype=np.float32))
+    (pos_msd, neg_msd), (pos_lsd, neg_lsd) = counts_on_both_paths(pred, seg)
+    assert pos_lsd.sum() > 0
+    np.testing.assert_array_equal(pos_msd, pos_lsd)
+    np.testing.assert_array_equal(neg_msd, neg_lsd)

@@ -4,6 +4,10 @@
 #include <cstring>
 #include <utility>
 
+#if defined(__SSE2__)
+#include <immintrin.h>  // the uncached stores of the MSD scatter
+#endif
+
 namespace seglosses {
 namespace malis {
 namespace {
@@ -72,6 +76,12 @@ constexpr int64_t kMsdBucketItems = int64_t(1) << 15;
 
 constexpr int kTopBits = 16;
 
+// From this many buckets on, the MSD scatter stores whole lines past the caches: the sort of
+// pinky40's 128^3 crop at (0, 0, 0) with random predictions (140 buckets) and of its 256^3 volume
+// (249) 17-19 % faster, FIB-25's 128^3 crop (43) not faster, a smooth prediction's (13) 16 %
+// slower (measured, BENCHMARKS.md).
+constexpr size_t kLineScatterMinBuckets = 64;
+
 // A bucket of one top-16-bit value with more items than kMsdBucketItems (smooth predictions crowd
 // a few values near 1; a 256^3 sample has ~20 M items for the 2^16 values), sorted in place with
 // tmp (m items) as scratch: one more MSD pass, by the key's next 8 bits into tmp, then each
@@ -95,6 +105,75 @@ void sort_crowded_bucket(uint64_t* items, int64_t m, uint64_t* tmp) {
     const uint64_t* out = radix_sort_segments<8>(&seg, 1, c, tmp + start[d], items + start[d]);
     if (out != items + start[d]) std::memcpy(items + start[d], out, static_cast<size_t>(c) * sizeof(uint64_t));
   }
+}
+
+// Stores a 64-byte line at dst (64-byte aligned) past the caches where the instruction set has
+// such stores (SSE2: every x86-64), else plainly.
+inline void store_line_uncached(uint64_t* dst, const uint64_t* line) {
+#if defined(__SSE2__)
+  __m128i* to = reinterpret_cast<__m128i*>(dst);
+  const __m128i* from = reinterpret_cast<const __m128i*>(line);
+  for (int i = 0; i < 4; ++i) _mm_stream_si128(to + i, _mm_loadu_si128(from + i));
+#else
+  std::memcpy(dst, line, 64);
+#endif
+}
+
+// Orders the uncached stores before what follows (they are weakly ordered).
+inline void fence_uncached_stores() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+// The MSD scatter: each item to the next slot of its bucket (pos, advanced).
+void scatter_plainly(const std::vector<Segment>& segs, const uint32_t* bucket_of, std::vector<int64_t>& pos, uint64_t* b) {
+  for (const Segment& s : segs) {
+    for (int64_t i = 0; i < s.n; ++i) {
+      const uint64_t k = s.items[i];
+      b[pos[bucket_of[k >> (64 - kTopBits)]]++] = k;
+    }
+  }
+}
+
+// The same, for many buckets: stored one by one, every bucket is a stream of its own, more than
+// the hardware prefetches, and every 8th store of a bucket waits for its line. Instead each
+// bucket's items are gathered in a line of its own (lines: 8 items per bucket) and stored a whole
+// line at a time past the caches; a bucket's first and last lines, shared with its neighbours,
+// plainly.
+void scatter_by_lines(const std::vector<Segment>& segs, const uint32_t* bucket_of, const std::vector<int64_t>& start,
+                      std::vector<int64_t>& pos, uint64_t* lines, uint64_t* b) {
+  constexpr int64_t kLine = 64 / sizeof(uint64_t);
+  // b[p] is item (p + skew) % kLine of its cache line.
+  const int64_t skew = static_cast<int64_t>((reinterpret_cast<uintptr_t>(b) / sizeof(uint64_t)) % kLine);
+  auto slot_of = [skew](int64_t p) { return static_cast<int64_t>(static_cast<uint64_t>(p + skew) % kLine); };
+  auto store_part = [&](size_t bucket, int64_t from, int64_t to) {  // the bucket's items [from, to), one line
+    if (to > from) {
+      std::memcpy(b + from, lines + bucket * kLine + slot_of(from), static_cast<size_t>(to - from) * sizeof(uint64_t));
+    }
+  };
+  for (const Segment& s : segs) {
+    for (int64_t i = 0; i < s.n; ++i) {
+      const uint64_t k = s.items[i];
+      const uint32_t bucket = bucket_of[k >> (64 - kTopBits)];
+      const int64_t p = pos[bucket]++;
+      const int64_t slot = slot_of(p);
+      uint64_t* line = lines + bucket * kLine;
+      line[slot] = k;
+      if (slot == kLine - 1) {
+        const int64_t line_start = p + 1 - kLine;
+        if (line_start >= start[bucket]) {
+          store_line_uncached(b + line_start, line);
+        } else {
+          store_part(bucket, start[bucket], p + 1);
+        }
+      }
+    }
+  }
+  for (size_t bucket = 0; bucket < pos.size(); ++bucket) {
+    store_part(bucket, std::max(start[bucket], pos[bucket] - slot_of(pos[bucket])), pos[bucket]);
+  }
+  fence_uncached_stores();
 }
 
 // The MSD path of sort_segments: buckets of consecutive top-16-bit values, each bucket sorted
@@ -125,11 +204,11 @@ const uint64_t* msd_sort_segments(const std::vector<Segment>& segs, int64_t n, u
   for (size_t i = 0; i + 1 < start.size(); ++i) biggest = std::max(biggest, start[i + 1] - start[i]);
   if (static_cast<int64_t>(msd.bucket.size()) < biggest) msd.bucket.resize(biggest);
   std::vector<int64_t> pos(start.begin(), start.end() - 1);
-  for (const Segment& s : segs) {
-    for (int64_t i = 0; i < s.n; ++i) {
-      const uint64_t k = s.items[i];
-      b[pos[bucket_of[k >> (64 - kTopBits)]]++] = k;
-    }
+  if (pos.size() >= kLineScatterMinBuckets) {
+    msd.lines.resize(pos.size() * 8);
+    scatter_by_lines(segs, bucket_of, start, pos, msd.lines.data(), b);
+  } else {
+    scatter_plainly(segs, bucket_of, pos, b);
   }
   for (size_t i = 0; i + 1 < start.size(); ++i) {
     const int64_t m = start[i + 1] - start[i];

@@ -23,6 +23,7 @@ void sort_by_key(uint64_t* items, int64_t n, uint64_t* tmp);
 struct MsdScratch {
   std::vector<uint32_t> hist;
   std::vector<uint64_t> bucket;
+  std::vector<uint64_t> lines;  // a cache line of items per bucket, for the scatter
 };
 
 // Sorts the items of segs, taken in order (ties keep it), by key, stably. a, b: n items each; the
