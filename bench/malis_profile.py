@@ -12,6 +12,8 @@ Usage (a CPU profile of where the time goes)::
 Prints the median and the fastest seconds per call, and CPU seconds per call, at the end (on
 --threads threads; one by default).
 
+A/B of two paths of one build (the same results, csrc/cpu/malis/tuning.h): ``--tune NAME=VALUE``.
+
 A/B against another build (e.g. main's, built in a second checkout): run both side by side,
 alternating, and compare the CPU times::
 
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--pred", choices=malis_data.PRED_KINDS, default="random")
     parser.add_argument("--mask", action="store_true", help="with bench/malis_data.py's mask")
     parser.add_argument("--seglosses-path", help="a directory holding another build's seglosses package")
+    parser.add_argument("--tune", action="append", default=[], metavar="NAME=VALUE",
+                        help="an internal path setting (csrc/cpu/malis/tuning.h), e.g. line_scatter_buckets=0")
     args = parser.parse_args()
 
     if args.seglosses_path:
@@ -58,6 +62,9 @@ def main() -> None:
     import seglosses
 
     torch.set_num_threads(args.threads)
+    for setting in args.tune:
+        name, value = setting.split("=")
+        torch.ops.seglosses._malis_set_tuning(name, int(value))
     # the cases before the crop are made too: their predictions draw from the same generator
     cases = list(itertools.islice(malis_data.load_cases(args.data, args.pred, sizes=[args.size], n_labels=200, seed=0,
                                                         batch=1, mask=args.mask, data_dir=args.data_dir),

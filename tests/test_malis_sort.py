@@ -1,11 +1,11 @@
 """The sort paths of MALIS (csrc/cpu/malis/radix_sort.h) give the same counts.
 
 A part of fewer items than the tuning's ``msd_items`` is sorted by LSD radix passes; a bigger one
-first by its keys' top 16 bits into buckets, each sorted in cache, and a bucket crowded with one
-top-16-bit value (smooth predictions near 1; any 256^3 sample) by one more MSD pass and a last
-pass per sub-bucket. The LSD path is the one the oracle tests reach on tiny inputs; here a volume
-big enough for crowded buckets is counted on both paths (``_malis_set_tuning`` picks the path),
-which must agree bit for bit.
+first by its keys' top 16 bits into buckets (scattered item by item, or with many buckets a cache
+line at a time), each sorted in cache, and a bucket crowded with one top-16-bit value (smooth
+predictions near 1; any 256^3 sample) by one more MSD pass and a last pass per sub-bucket. The LSD
+path is the one the oracle tests reach on tiny inputs; here volumes big enough for crowded buckets
+are counted on every path (``_malis_set_tuning`` picks it), which must agree bit for bit.
 """
 
 import contextlib
@@ -20,22 +20,33 @@ NN3 = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
 SHAPE = (48, 48, 48)  # ~165k first-group items after the cycle filter: crowded buckets of > 2^15
 
 
+# (msd_items, line_scatter_buckets): no sort by buckets; by buckets, scattered item by item; by
+# buckets, scattered a line at a time
+PATHS = [(1 << 40, 0), (2, 1 << 40), (2, 0)]
+
+
 @contextlib.contextmanager
-def msd_from(items):
-    torch.ops.seglosses._malis_set_tuning("msd_items", items)
+def sort_path(msd_items, line_scatter_buckets):
+    set_tuning = torch.ops.seglosses._malis_set_tuning
+    set_tuning("msd_items", msd_items)
+    set_tuning("line_scatter_buckets", line_scatter_buckets)
     try:
         yield
     finally:
-        torch.ops.seglosses._malis_set_tuning("reset", 0)
+        set_tuning("reset", 0)
 
 
-def counts_on_both_paths(pred, seg, **kw):
-    out = []
-    for msd_items in (2, 1 << 40):  # every sort by buckets; no sort by buckets
-        with msd_from(msd_items):
+def assert_every_path_counts_the_same(pred, seg, **kw):
+    results = []
+    for path in PATHS:
+        with sort_path(*path):
             pos, neg = seglosses.malis_weights(pred, seg, NN3, normalize=False, num_threads=1, **kw)
-        out.append((pos.numpy(), neg.numpy()))
-    return out
+        results.append((path, pos.numpy(), neg.numpy()))
+    (_, pos_lsd, neg_lsd), rest = results[0], results[1:]
+    assert pos_lsd.sum() > 0
+    for path, pos, neg in rest:
+        np.testing.assert_array_equal(pos, pos_lsd, err_msg=f"pos, path {path}")
+        np.testing.assert_array_equal(neg, neg_lsd, err_msg=f"neg, path {path}")
 
 
 def one_top_value(rng, n, levels=None):
@@ -74,20 +85,14 @@ def test_crowded_buckets_count_as_the_lsd_sort(case, n_labels, constrained):
     seg = torch.from_numpy(labels(rng, n_labels))
     n = 3 * int(np.prod(SHAPE))
     pred = torch.from_numpy(CASES[case](rng, n).reshape((1, 3) + SHAPE))
-    (pos_msd, neg_msd), (pos_lsd, neg_lsd) = counts_on_both_paths(pred, seg, constrained=constrained)
-    assert pos_lsd.sum() > 0
-    np.testing.assert_array_equal(pos_msd, pos_lsd)
-    np.testing.assert_array_equal(neg_msd, neg_lsd)
+    assert_every_path_counts_the_same(pred, seg, constrained=constrained)
 
 
-def test_many_buckets_count_as_the_lsd_sort():
-    """Uniform predictions over one label filling 120^3: ~2.7 M items in ~90 buckets, above the
-    count from which the MSD scatter gathers items in lines (kLineScatterMinBuckets)."""
+@pytest.mark.parametrize("shape", [SHAPE, (37, 41, 29)])
+def test_uniform_predictions_count_as_the_lsd_sort(shape):
+    """Buckets of several top-16-bit values each, whose first and last lines are shared with their
+    neighbours (odd sizes move where they start)."""
     rng = np.random.default_rng(3)
-    shape = (120, 120, 120)
     seg = torch.ones((1,) + shape, dtype=torch.int64)
     pred = torch.from_numpy(rng.random((1, 3) + shape, dtype=np.float32))
-    (pos_msd, neg_msd), (pos_lsd, neg_lsd) = counts_on_both_paths(pred, seg)
-    assert pos_lsd.sum() > 0
-    np.testing.assert_array_equal(pos_msd, pos_lsd)
-    np.testing.assert_array_equal(neg_msd, neg_lsd)
+    assert_every_path_counts_the_same(pred, seg)

@@ -86,7 +86,7 @@ void sweep_one_part(const Rooms& rooms, uint64_t* first, uint64_t* scratch, Comp
                     Count count, int64_t& n_components, MergeArena& arena, Workspace& ws, SampleResult& res) {
   const int64_t n = rooms.part_items(0);
   rooms.part_segments(0, first, ws.segs);
-  const uint64_t* sorted = sort_segments(ws.segs, n, first + rooms.part_begin(0), scratch, tuning().msd_items, ws.msd);
+  const uint64_t* sorted = sort_segments(ws.segs, n, first + rooms.part_begin(0), scratch, tuning().sort, ws.msd);
   const bool both = count == Count::kBoth;
   Records rec = arena.take((both ? 2 : 1) * std::min(n, st.g.V) + 1);
   n_components = sweep(comp, st, sorted, n, count, rec, n_components);
@@ -182,7 +182,7 @@ void malis_sample(const Call& call, const Kernels<scalar_t>& k, const Sample<sca
     if (pass.second != Count::kNothing) {
       const int64_t n = rooms.second_items();
       rooms.second_segments(second, ws.segs);
-      const uint64_t* sorted = sort_segments(ws.segs, n, second, first, tune.msd_items, ws.msd);
+      const uint64_t* sorted = sort_segments(ws.segs, n, second, first, tune.sort, ws.msd);
       Records rec = arena.take(std::min(n, V) + 1);
       sweep(comp, st, sorted, n, pass.second, rec, n_components);
       res.records.push_back(rec);

@@ -35,7 +35,7 @@ Segment incoming(const Rooms& rooms, const uint64_t* first, const Slabs& slabs, 
 }
 
 // Sorts a task's segments (scratch a, b) and sweeps them.
-void run_task(const LabelParts& in, Task& t, Node* nodes, const SweepState& st, Count count, int64_t msd_items,
+void run_task(const LabelParts& in, Task& t, Node* nodes, const SweepState& st, Count count, const SortPaths& paths,
               const char* fn) {
   Workspace& mine = workspace();
   std::vector<Segment>& segs = t.slab < 0 ? mine.segs : t.segs;
@@ -43,7 +43,7 @@ void run_task(const LabelParts& in, Task& t, Node* nodes, const SweepState& st, 
   const int64_t n = t.items;
   // a: the LSD sort of a part in cache writes all of it: the thread's scratch, hot from the last
   // part. The MSD sort of a bigger part does not use it (radix_sort.h).
-  uint64_t* a = sorts_by_buckets(n, msd_items) ? nullptr : mine.task_a.get(n, fn);
+  uint64_t* a = sorts_by_buckets(n, paths) ? nullptr : mine.task_a.get(n, fn);
   uint64_t* b = in.shared_scratch != nullptr && in.shared_scratch_items >= n ? in.shared_scratch : mine.task_b.get(n, fn);
   const bool in_cache = n <= kInCacheItems;
   if (in_cache) {
@@ -53,7 +53,7 @@ void run_task(const LabelParts& in, Task& t, Node* nodes, const SweepState& st, 
       at += s.n;
     }
   }
-  const uint64_t* sorted = sort_segments(segs, n, a, b, msd_items, mine.msd);
+  const uint64_t* sorted = sort_segments(segs, n, a, b, paths, mine.msd);
   if (in_cache) prefetch_nodes(nodes, st.g, sorted, n, st.shift, st.vmask);
   if (t.slab < 0) {
     single_label_sweep(nodes, st, sorted, n, count, t.rec);
@@ -135,7 +135,7 @@ void sweep_label_parts(const LabelParts& in, Node* nodes, const SweepState& st, 
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return tasks[x].items > tasks[y].items; });
   run_tasks(in.threads, static_cast<int64_t>(order.size()),
-            [&](int64_t i) { run_task(in, tasks[order[i]], nodes, st, count, tune.msd_items, fn); });
+            [&](int64_t i) { run_task(in, tasks[order[i]], nodes, st, count, tune.sort, fn); });
 
   // The global passes of the split parts, one task each (their voxels are disjoint).
   std::vector<Records> global(split_parts.size());

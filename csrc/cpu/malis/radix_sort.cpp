@@ -76,12 +76,6 @@ constexpr int64_t kMsdBucketItems = int64_t(1) << 15;
 
 constexpr int kTopBits = 16;
 
-// From this many buckets on, the MSD scatter stores whole lines past the caches: the sort of
-// pinky40's 128^3 crop at (0, 0, 0) with random predictions (140 buckets) and of its 256^3 volume
-// (249) 17-19 % faster, FIB-25's 128^3 crop (43) not faster, a smooth prediction's (13) 16 %
-// slower (measured, BENCHMARKS.md).
-constexpr size_t kLineScatterMinBuckets = 64;
-
 // A bucket of one top-16-bit value with more items than kMsdBucketItems (smooth predictions crowd
 // a few values near 1; a 256^3 sample has ~20 M items for the 2^16 values), sorted in place with
 // tmp (m items) as scratch: one more MSD pass, by the key's next 8 bits into tmp, then each
@@ -178,7 +172,8 @@ void scatter_by_lines(const std::vector<Segment>& segs, const uint32_t* bucket_o
 
 // The MSD path of sort_segments: buckets of consecutive top-16-bit values, each bucket sorted
 // in place in b with msd.bucket, as big as the biggest bucket, as its scratch.
-const uint64_t* msd_sort_segments(const std::vector<Segment>& segs, int64_t n, uint64_t* b, MsdScratch& msd) {
+const uint64_t* msd_sort_segments(const std::vector<Segment>& segs, int64_t n, uint64_t* b, int64_t line_scatter_buckets,
+                                  MsdScratch& msd) {
   constexpr int64_t kValues = int64_t(1) << kTopBits;
   msd.hist.assign(2 * kValues, 0);
   uint32_t* count = msd.hist.data();
@@ -204,7 +199,7 @@ const uint64_t* msd_sort_segments(const std::vector<Segment>& segs, int64_t n, u
   for (size_t i = 0; i + 1 < start.size(); ++i) biggest = std::max(biggest, start[i + 1] - start[i]);
   if (static_cast<int64_t>(msd.bucket.size()) < biggest) msd.bucket.resize(biggest);
   std::vector<int64_t> pos(start.begin(), start.end() - 1);
-  if (pos.size() >= kLineScatterMinBuckets) {
+  if (static_cast<int64_t>(pos.size()) >= line_scatter_buckets) {
     msd.lines.resize(pos.size() * 8);
     scatter_by_lines(segs, bucket_of, start, pos, msd.lines.data(), b);
   } else {
@@ -232,8 +227,8 @@ void sort_by_key(uint64_t* items, int64_t n, uint64_t* tmp) {
 }
 
 const uint64_t* sort_segments(const std::vector<Segment>& segs, int64_t n, uint64_t* a, uint64_t* b,
-                              int64_t msd_items, MsdScratch& msd) {
-  if (sorts_by_buckets(n, msd_items)) return msd_sort_segments(segs, n, b, msd);
+                              const SortPaths& paths, MsdScratch& msd) {
+  if (sorts_by_buckets(n, paths)) return msd_sort_segments(segs, n, b, paths.line_scatter_buckets, msd);
   if (n < 2) {
     for (const Segment& s : segs) {
       if (s.n) b[0] = s.items[0];

@@ -30,14 +30,16 @@ int64_t set_tuning(const std::string& name, int64_t value) {
   Tuning& t = current();
   int64_t* field = name == "slabs" ? &t.slabs
                    : name == "split_voxels" ? &t.split_voxels
-                   : name == "msd_items" ? &t.msd_items
+                   : name == "msd_items" ? &t.sort.msd_items
+                   : name == "line_scatter_buckets" ? &t.sort.line_scatter_buckets
                    : nullptr;
   if (name == "reset") {
     t = Tuning();
     return 0;
   }
   TORCH_CHECK_VALUE(field != nullptr,
-                    "_malis_set_tuning: name must be \"slabs\", \"split_voxels\", \"msd_items\" or \"reset\", got \"",
+                    "_malis_set_tuning: name must be \"slabs\", \"split_voxels\", \"msd_items\", "
+                    "\"line_scatter_buckets\" or \"reset\", got \"",
                     name, "\"");
   TORCH_CHECK_VALUE(value >= (name == "split_voxels" ? -1 : 0), "_malis_set_tuning: ", name, " out of range: ", value);
   const int64_t before = *field;

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "radix_sort.h"
+
 namespace seglosses {
 namespace malis {
 
@@ -15,14 +17,15 @@ struct Tuning {
   // A label part is split along the slabs (split.h) when it has more voxels than this; -1: more
   // than a fair share of the sample per slab (V / slabs).
   int64_t split_voxels = -1;
-  // Sorts of at least this many items start with a pass by the key's top 16 bits (radix_sort.h).
-  int64_t msd_items = int64_t(1) << 18;
+  // The sorts' paths (radix_sort.h): "msd_items", "line_scatter_buckets".
+  SortPaths sort;
 };
 
 // The settings now.
 Tuning tuning();
 
-// Sets one setting ("slabs", "split_voxels", "msd_items"; "reset": all to their defaults) and
+// Sets one setting ("slabs", "split_voxels", "msd_items", "line_scatter_buckets"; "reset": all to
+// their defaults) and
 // returns its previous value. Raises for an unknown name (naming _malis_set_tuning).
 int64_t set_tuning(const std::string& name, int64_t value);
 
