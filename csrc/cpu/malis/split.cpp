@@ -21,8 +21,8 @@ inline uint32_t find_root(Node* nodes, uint32_t x) {
 
 // single_label_sweep_impl with marks: branch-free on the merge outcome and on whether it is
 // counted here. The events (merges of marked components) and the rare cut edges take a branch:
-// an event stored on every edge, kept or not, made the sweep ~25 % slower than the branch
-// (BENCHMARKS.md).
+// events are a small share of the edges, and an event stored on every edge, kept or not, cost
+// more than the branch.
 template <Record kRecord, bool kPrefetch>
 int64_t piece_sweep_impl(Node* nodes, const SweepState& st, const uint64_t* items, int64_t n, uint32_t lo,
                          uint32_t span, Records& rec, Event* events) {

@@ -76,7 +76,7 @@ class MergeArena {
 struct Workspace {
   // A sample's buffers (on the thread that runs the sample). The first-group rooms are written
   // and read in order, and filled in part: on 2 MiB pages every room would be resident to its
-  // end (10 MiB more for a 128^3 FIB-25 crop, BENCHMARKS.md).
+  // end (Voronoi 128^3: 50 MiB instead of 27, BENCHMARKS.md).
   Buffer<uint64_t> first{/*huge_pages=*/false};
   Buffer<uint64_t> second, cut;
   std::vector<Buffer<Merge>> merges;
