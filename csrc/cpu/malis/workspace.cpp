@@ -69,10 +69,12 @@ int64_t Workspace::release() {
                   task_b.release();
   for (Buffer<Merge>& m : merges) bytes += m.release();
   merges.clear();
-  bytes += static_cast<int64_t>(msd.hist.capacity() * sizeof(uint32_t) + msd.bucket.capacity() * sizeof(uint64_t) +
+  bytes += static_cast<int64_t>(msd.hist.capacity() * sizeof(uint32_t) +
+                                (msd.bucket.capacity() + msd.lines.capacity()) * sizeof(uint64_t) +
                                 segs.capacity() * sizeof(Segment));
   std::vector<uint32_t>().swap(msd.hist);
   std::vector<uint64_t>().swap(msd.bucket);
+  std::vector<uint64_t>().swap(msd.lines);
   std::vector<Segment>().swap(segs);
   return bytes;
 }

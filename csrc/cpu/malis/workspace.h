@@ -24,8 +24,9 @@ namespace malis {
 void* allocate(size_t bytes, const char* fn, bool huge_pages);
 
 // A grow-only buffer of trivially copyable T, left uninitialised. Large buffers are 2 MiB aligned
-// and asked to be backed by transparent huge pages (fewer TLB misses in the sweep, the radix
-// scatters and the part scatter, which touch them at random).
+// and, unless constructed with huge_pages false, asked to be backed by transparent huge pages
+// (fewer TLB misses in the sweep, the radix scatters and the part scatter, which touch them at
+// random).
 template <typename T>
 class Buffer {
  public:
