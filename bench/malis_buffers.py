@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
 import os
 import re
 import sys
@@ -63,12 +62,8 @@ def main() -> None:
     import seglosses
 
     torch.set_num_threads(1)
-    cases = list(itertools.islice(malis_data.load_cases(args.data, args.pred, sizes=[128], n_labels=200, seed=0,
-                                                        batch=1, mask=False, data_dir=args.data_dir),
-                                  args.crop + 1))
-    if args.crop >= len(cases):
-        sys.exit(f"malis_buffers.py: no crop {args.crop} of {args.data} (it has {len(cases)})")
-    case = cases[args.crop]
+    case = malis_data.load_crop(args.data, args.pred, args.crop, size=128, mask=False, data_dir=args.data_dir,
+                                script="malis_buffers.py")
     seg, affs = torch.from_numpy(case.seg), torch.from_numpy(case.affs)
     nhood = malis_data.NHOOD
     tiny = (Ellipsis, slice(0, 8), slice(0, 8), slice(0, 8))

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
@@ -151,3 +153,14 @@ def load_cases(data: str, pred: str, *, sizes: List[int], n_labels: int, seed: i
         seg = np.stack([one] * batch)
         affs = np.stack([predictions(one, pred, rng)] * batch)
         yield Case(f"{data} {size}^3 @ {origin}", seg, affs, slab_mask(one.shape, batch) if mask else None)
+
+
+def load_crop(data: str, pred: str, crop: int, *, size: int, mask: bool, data_dir: str, script: str) -> Case:
+    """Case number crop of load_cases (one batch-1 sample, seed 0, 200 Voronoi labels of size^3);
+    exits naming script when the data set has no such crop. The cases before it are made too:
+    their predictions draw from the same generator."""
+    cases = list(itertools.islice(load_cases(data, pred, sizes=[size], n_labels=200, seed=0, batch=1, mask=mask,
+                                             data_dir=data_dir), crop + 1))
+    if crop >= len(cases):
+        sys.exit(f"{script}: no crop {crop} of {data} (it has {len(cases)})")
+    return cases[crop]

@@ -26,7 +26,6 @@ alternating, and compare the CPU times::
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import statistics
 import sys
@@ -65,13 +64,8 @@ def main() -> None:
     for setting in args.tune:
         name, value = setting.split("=")
         torch.ops.seglosses._malis_set_tuning(name, int(value))
-    # the cases before the crop are made too: their predictions draw from the same generator
-    cases = list(itertools.islice(malis_data.load_cases(args.data, args.pred, sizes=[args.size], n_labels=200, seed=0,
-                                                        batch=1, mask=args.mask, data_dir=args.data_dir),
-                                  args.crop + 1))
-    if args.crop >= len(cases):
-        sys.exit(f"malis_profile.py: no crop {args.crop} of {args.data} (it has {len(cases)})")
-    case = cases[args.crop]
+    case = malis_data.load_crop(args.data, args.pred, args.crop, size=args.size, mask=args.mask,
+                                data_dir=args.data_dir, script="malis_profile.py")
     seg, affs = torch.from_numpy(case.seg), torch.from_numpy(case.affs)
     mask = None if case.mask is None else torch.from_numpy(case.mask)
     nhood = torch.tensor(malis_data.NHOOD)

@@ -134,10 +134,12 @@ void scatter_plainly(const std::vector<Segment>& segs, const uint32_t* bucket_of
 // the hardware prefetches, and every 8th store of a bucket waits for its line. Instead each
 // bucket's items are gathered in a line of its own (lines: 8 items per bucket) and stored a whole
 // line at a time past the caches; a bucket's first and last lines, shared with its neighbours,
-// plainly.
+// plainly. line_scratch: resized to a line per bucket.
 void scatter_by_lines(const std::vector<Segment>& segs, const uint32_t* bucket_of, const std::vector<int64_t>& start,
-                      std::vector<int64_t>& pos, uint64_t* lines, uint64_t* b) {
+                      std::vector<int64_t>& pos, std::vector<uint64_t>& line_scratch, uint64_t* b) {
   constexpr int64_t kLine = 64 / sizeof(uint64_t);
+  line_scratch.resize(pos.size() * kLine);
+  uint64_t* const lines = line_scratch.data();
   // b[p] is item (p + skew) % kLine of its cache line.
   const int64_t skew = static_cast<int64_t>((reinterpret_cast<uintptr_t>(b) / sizeof(uint64_t)) % kLine);
   auto slot_of = [skew](int64_t p) { return static_cast<int64_t>(static_cast<uint64_t>(p + skew) % kLine); };
@@ -200,8 +202,7 @@ const uint64_t* msd_sort_segments(const std::vector<Segment>& segs, int64_t n, u
   if (static_cast<int64_t>(msd.bucket.size()) < biggest) msd.bucket.resize(biggest);
   std::vector<int64_t> pos(start.begin(), start.end() - 1);
   if (static_cast<int64_t>(pos.size()) >= line_scatter_buckets) {
-    msd.lines.resize(pos.size() * 8);
-    scatter_by_lines(segs, bucket_of, start, pos, msd.lines.data(), b);
+    scatter_by_lines(segs, bucket_of, start, pos, msd.lines, b);
   } else {
     scatter_plainly(segs, bucket_of, pos, b);
   }
